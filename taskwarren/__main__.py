@@ -1,0 +1,5 @@
+"""``python -m taskwarren``: the same as the ``taskwarren`` command."""
+
+from taskwarren.cli import main
+
+main()

@@ -1,0 +1,220 @@
+"""Warren: the application object: task registry, settings, and the broker it sends to."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, ParamSpec, TypeVar, overload
+
+from taskwarren.brokers.base import Broker
+from taskwarren.errors import ConfigurationError, PublishError
+from taskwarren.message import Envelope
+from taskwarren.retries import Backoff
+from taskwarren.settings import Settings
+from taskwarren.task import DEFAULT_QUEUE, Task, TaskOptions, task_options
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def make_broker(settings: Settings) -> Broker:
+    """The broker for ``settings.url``: RabbitMQ, embedded SQLite, or in-memory.
+
+    Raises:
+        ConfigurationError: an unsupported URL scheme.
+    """
+    scheme = settings.scheme
+    if scheme in ("amqp", "amqps"):
+        from taskwarren.brokers.rabbitmq import RabbitMQBroker
+
+        return RabbitMQBroker(settings)
+    if scheme == "sqlite":
+        from taskwarren.brokers.sqlite import SQLiteBroker
+
+        return SQLiteBroker.from_url(settings.url, delivery_limit=settings.delivery_limit)
+    if scheme == "memory":
+        from taskwarren.brokers.memory import MemoryBroker
+
+        return MemoryBroker(delivery_limit=settings.delivery_limit)
+    raise ConfigurationError(
+        f"unsupported broker URL scheme {scheme!r}: use amqp://, amqps://, sqlite:/// or memory://"
+    )
+
+
+class Warren:
+    """An application: its tasks, its settings and its broker.
+
+    Args:
+        url: broker URL; overrides ``TASKWARREN_URL``.
+        settings: complete settings; when omitted they are read from the environment
+            (once, here, not at import time).
+        broker: use this broker instead of one built from the URL (tests).
+        **overrides: individual settings, e.g. ``queue_type="classic"``.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        settings: Settings | None = None,
+        broker: Broker | None = None,
+        **overrides: Any,
+    ) -> None:
+        if settings is None:
+            settings = Settings.from_env(url=url, **overrides)
+        elif url is not None or overrides:
+            settings = settings.model_copy(update={"url": url or settings.url, **overrides})
+        self.settings = settings
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._broker = broker
+        self._broker_pid = os.getpid() if broker is not None else 0
+        self._declared: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<Warren {self.broker_location} tasks={len(self.tasks)}>"
+
+    @property
+    def broker_location(self) -> str:
+        """Where the broker is, password masked."""
+        from taskwarren.settings import mask_url
+
+        return mask_url(self.settings.url)
+
+    @property
+    def broker(self) -> Broker:
+        """This process's broker, created on first use and again after ``fork()``.
+
+        A forked child never writes to its parent's connection.
+        """
+        pid = os.getpid()
+        if self._broker is None or self._broker_pid != pid:
+            with self._lock:
+                if self._broker is None or self._broker_pid != pid:
+                    self._broker = make_broker(self.settings)
+                    self._broker_pid = pid
+                    self._declared = set()
+        return self._broker
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        queue: str = DEFAULT_QUEUE,
+        name: str | None = None,
+        retries: int = 0,
+        backoff: Backoff | None = None,
+        retry_on: Sequence[type[BaseException]] | None = None,
+        dont_retry: Sequence[type[BaseException]] = (),
+        time_limit: float | None = None,
+        soft_time_limit: float | None = None,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self,
+        fn: Callable[P, R] | None = None,
+        /,
+        *,
+        queue: str = DEFAULT_QUEUE,
+        name: str | None = None,
+        retries: int = 0,
+        backoff: Backoff | None = None,
+        retry_on: Sequence[type[BaseException]] | None = None,
+        dont_retry: Sequence[type[BaseException]] = (),
+        time_limit: float | None = None,
+        soft_time_limit: float | None = None,
+    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+        """Register a function as a task; use bare (``@app.task``) or with options.
+
+        Args:
+            queue: the queue its messages go to.
+            name: registered name (default: ``module.qualname``).
+            retries: how many times a failing call is tried again (default 0:
+                a failure goes straight to the dead-letter queue).
+            backoff: delays between retries (exponential with jitter, capped).
+            retry_on: exception types that are retried (default: any ``Exception``).
+            dont_retry: exception types that are dead-lettered at once.
+            time_limit: hard limit in seconds.
+            soft_time_limit: seconds after which ``SoftTimeLimitExceeded`` is raised in
+                the task.
+        """
+        opts = task_options(
+            TaskOptions(),
+            queue=queue,
+            retries=retries,
+            backoff=backoff or Backoff(),
+            retry_on=tuple(retry_on) if retry_on is not None else (Exception,),
+            dont_retry=tuple(dont_retry),
+            time_limit_s=time_limit,
+            soft_time_limit_s=soft_time_limit,
+        )
+
+        def register(f: Callable[P, R]) -> Task[P, R]:
+            task_name = name or f"{f.__module__}.{f.__qualname__}"
+            existing = self.tasks.get(task_name)
+            if existing is not None and existing.fn is not f:
+                raise ConfigurationError(f"a different task is already named {task_name!r}")
+            registered: Task[P, R] = Task(self, f, task_name, opts)
+            self.tasks[task_name] = registered
+            return registered
+
+        return register(fn) if fn is not None else register
+
+    def queues(self) -> list[str]:
+        """Every queue the registered tasks use, sorted."""
+        return sorted({t.queue for t in self.tasks.values()})
+
+    def check_size(self, body: bytes) -> None:
+        """Refuse a body over ``max_message_bytes`` before it reaches the broker.
+
+        Raises:
+            PublishError: the body is too large.
+        """
+        if len(body) > self.settings.max_message_bytes:
+            raise PublishError(
+                f"message body of {len(body)} bytes exceeds max_message_bytes="
+                f"{self.settings.max_message_bytes}"
+            )
+
+    def declare(self, queues: Sequence[str]) -> None:
+        """Declare ``queues`` (once per process and broker connection)."""
+        broker = self.broker
+        missing = [q for q in queues if q not in self._declared]
+        if missing:
+            broker.declare(missing)
+            self._declared.update(missing)
+
+    def publish(self, queue: str, envelopes: Sequence[Envelope], delay_s: float = 0.0) -> None:
+        """Publish envelopes to ``queue`` (declared first), confirmed."""
+        self.declare([queue])
+        self.broker.publish(queue, envelopes, delay_s)
+
+    def close(self) -> None:
+        """Close this process's broker connections."""
+        if self._broker is not None and self._broker_pid == os.getpid():
+            self._broker.close()
+        self._broker = None
+
+
+_default_app: Warren | None = None
+_default_lock = threading.Lock()
+
+
+def default_app() -> Warren:
+    """The app module-level ``@task`` registers with, built from the environment on first use."""
+    global _default_app
+    if _default_app is None:
+        with _default_lock:
+            if _default_app is None:
+                _default_app = Warren()
+    return _default_app
+
+
+def set_default_app(app: Warren | None) -> None:
+    """Replace the default app (tests, or explicit configuration at start-up)."""
+    global _default_app
+    _default_app = app

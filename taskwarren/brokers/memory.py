@@ -1,0 +1,224 @@
+"""An in-process broker for unit tests: same contract, no durability, no network."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from taskwarren.brokers.base import (
+    Ack,
+    Action,
+    Broker,
+    Consumer,
+    Delivery,
+    QueueStats,
+    Republish,
+    Requeue,
+)
+from taskwarren.message import Envelope, failure_headers, revived
+from taskwarren.topology import delay_seconds
+
+
+@dataclass
+class _Queue:
+    ready: deque[tuple[Envelope, int]] = field(default_factory=deque)
+    dead: list[Envelope] = field(default_factory=list)
+    unacked: int = 0
+    consumers: int = 0
+
+
+class MemoryBroker(Broker):
+    """Queues in a dict, guarded by one condition variable.
+
+    Args:
+        delivery_limit: a message delivered more than this many times is dead-lettered
+            (as a quorum queue does).
+    """
+
+    location = "memory://"
+
+    def __init__(self, delivery_limit: int = 50) -> None:
+        self.delivery_limit = delivery_limit
+        self._cond = threading.Condition()
+        self._queues: dict[str, _Queue] = {}
+        self._delayed: list[tuple[float, int, str, Envelope]] = []
+        self._seq = itertools.count()
+
+    def _queue(self, name: str) -> _Queue:
+        q = self._queues.get(name)
+        if q is None:
+            q = self._queues[name] = _Queue()
+        return q
+
+    def declare(self, queues: Iterable[str]) -> None:
+        with self._cond:
+            for name in queues:
+                self._queue(name)
+
+    def publish(self, queue: str, envelopes: Sequence[Envelope], delay_s: float = 0.0) -> None:
+        with self._cond:
+            self._put(queue, envelopes, delay_s)
+            self._cond.notify_all()
+
+    def _put(self, queue: str, envelopes: Iterable[Envelope], delay_s: float) -> None:
+        if delay_s > 0:
+            due = time.monotonic() + delay_seconds(delay_s)
+            for env in envelopes:
+                heapq.heappush(self._delayed, (due, next(self._seq), queue, env))
+        else:
+            self._queue(queue).ready.extend((env, 0) for env in envelopes)
+
+    def _release_due(self) -> float | None:
+        """Move due delayed messages to their queues; seconds until the next is due."""
+        now = time.monotonic()
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, queue, env = heapq.heappop(self._delayed)
+            self._queue(queue).ready.append((env, 0))
+        return self._delayed[0][0] - now if self._delayed else None
+
+    def consumer(self) -> MemoryConsumer:
+        return MemoryConsumer(self)
+
+    def stats(self, queue: str) -> QueueStats:
+        with self._cond:
+            self._release_due()
+            q = self._queue(queue)
+            delayed = sum(1 for item in self._delayed if item[2] == queue)
+            return QueueStats(queue, len(q.ready), q.unacked, q.consumers, len(q.dead), delayed)
+
+    def purge(self, queue: str) -> int:
+        with self._cond:
+            q = self._queue(queue)
+            n = len(q.ready)
+            q.ready.clear()
+            return n
+
+    def dead_letters(self, queue: str) -> list[Envelope]:
+        with self._cond:
+            return list(self._queue(queue).dead)
+
+    def replay_dead(self, queue: str, message_ids: Sequence[str] | None) -> int:
+        with self._cond:
+            q = self._queue(queue)
+            chosen = [e for e in q.dead if message_ids is None or e.message_id in message_ids]
+            self._put(queue, [revived(e) for e in chosen], 0)
+            q.dead = [e for e in q.dead if e not in chosen]
+            self._cond.notify_all()
+            return len(chosen)
+
+    def purge_dead(self, queue: str, message_ids: Sequence[str] | None) -> int:
+        with self._cond:
+            q = self._queue(queue)
+            kept = [e for e in q.dead if message_ids is not None and e.message_id not in message_ids]
+            n = len(q.dead) - len(kept)
+            q.dead = kept
+            return n
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class MemoryConsumer(Consumer):
+    """A consumer of a :class:`MemoryBroker`."""
+
+    def __init__(self, broker: MemoryBroker) -> None:
+        self._broker = broker
+        self._prefetch: dict[str, int] = {}
+        self._held: dict[int, tuple[str, Envelope, int]] = {}
+        self._held_per_queue: dict[str, int] = {}
+        self._tags = itertools.count(1)
+        self._woken = False
+        self._closed = False
+
+    def consume(self, queue: str, prefetch: int) -> None:
+        with self._broker._cond:
+            if queue not in self._prefetch:
+                self._broker._queue(queue).consumers += 1
+            self._prefetch[queue] = prefetch
+            self._held_per_queue.setdefault(queue, 0)
+
+    def poll(self, timeout_s: float) -> list[Delivery]:
+        broker = self._broker
+        deadline = time.monotonic() + timeout_s
+        with broker._cond:
+            while True:
+                next_due = broker._release_due()
+                out = self._take()
+                if out or self._woken or self._closed:
+                    self._woken = False
+                    return out
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return out
+                broker._cond.wait(min(remaining, next_due) if next_due is not None else remaining)
+
+    def _take(self) -> list[Delivery]:
+        out = []
+        for queue, prefetch in self._prefetch.items():
+            q = self._broker._queue(queue)
+            while q.ready and self._held_per_queue[queue] < prefetch:
+                env, count = q.ready.popleft()
+                if count > self._broker.delivery_limit:
+                    reason = f"delivery limit of {self._broker.delivery_limit} exceeded"
+                    q.dead.append(env.with_headers(
+                        failure_headers("DeliveryLimitExceeded", reason, reason=reason)))
+                    continue
+                tag = next(self._tags)
+                self._held[tag] = (queue, env, count)
+                self._held_per_queue[queue] += 1
+                q.unacked += 1
+                out.append(Delivery(env, queue, tag, count > 0, count))
+        return out
+
+    def settle(self, delivery: Delivery, action: Action) -> None:
+        broker = self._broker
+        with broker._cond:
+            held = self._held.pop(delivery.tag, None)
+            if held is None:
+                return
+            queue, env, count = held
+            self._held_per_queue[queue] -= 1
+            q = broker._queue(queue)
+            q.unacked -= 1
+            if isinstance(action, Requeue):
+                q.ready.appendleft((env, count + 1))
+            elif isinstance(action, Republish):
+                if action.dead:
+                    broker._queue(action.queue).dead.append(action.envelope)
+                else:
+                    broker._put(action.queue, [action.envelope], action.delay_s)
+            else:
+                assert isinstance(action, Ack)
+            self._woken = True
+            broker._cond.notify_all()
+
+    def wakeup(self) -> None:
+        with self._broker._cond:
+            self._woken = True
+            self._broker._cond.notify_all()
+
+    def pending(self) -> int:
+        return 0
+
+    def cancel(self) -> None:
+        with self._broker._cond:
+            for queue in self._prefetch:
+                self._broker._queue(queue).consumers -= 1
+            self._prefetch.clear()
+
+    def close(self) -> None:
+        broker = self._broker
+        with broker._cond:
+            self.cancel()
+            for tag in sorted(self._held, reverse=True):
+                queue, env, count = self._held.pop(tag)
+                q = broker._queue(queue)
+                q.unacked -= 1
+                q.ready.appendleft((env, count + 1))
+            self._closed = True
+            broker._cond.notify_all()

@@ -1,0 +1,793 @@
+"""RabbitMQ through py-amqp: topology, pipelined publisher confirms, consumers, reconnects.
+
+This is the only module that imports ``amqp``; its errors become ours here.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import select
+import socket
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import amqp
+import structlog
+from amqp import exceptions as amqp_errors
+
+from taskwarren.brokers.base import (
+    Ack,
+    Action,
+    Broker,
+    Consumer,
+    Delivery,
+    QueueStats,
+    Republish,
+    Requeue,
+)
+from taskwarren.errors import (
+    BrokerConnectionError,
+    BrokerError,
+    ConfigurationError,
+    PublishError,
+    PublishNackedError,
+    PublishTimeoutError,
+    UnroutableError,
+)
+from taskwarren.message import Envelope, revived
+from taskwarren.settings import Settings, mask_url
+from taskwarren.topology import (
+    DEAD_LETTER_EXCHANGE,
+    DELAY_DELIVER_EXCHANGE,
+    DELAY_LEVELS,
+    EXCHANGE,
+    dead_queue,
+    delay_exchange,
+    delay_routing_key,
+    deliver_binding_key,
+    level_binding_keys,
+    level_ttl_ms,
+    next_level_exchange,
+    queue_arguments,
+)
+
+log = structlog.get_logger("taskwarren.rabbitmq")
+
+#: Errors after which the connection is gone and must be opened again.
+_LINK_ERRORS: tuple[type[BaseException], ...] = (
+    amqp_errors.RecoverableConnectionError,
+    amqp_errors.ConnectionError,
+    amqp_errors.RecoverableChannelError,
+    OSError,
+    EOFError,
+    AttributeError,  # py-amqp after its transport was torn down under it
+)
+#: Unconfirmed messages allowed in flight during ``send_many``.
+CONFIRM_WINDOW = 1000
+#: First and largest reconnect backoff, in seconds (full jitter in between).
+RECONNECT_FIRST_S = 0.1
+RECONNECT_MAX_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One broker address from a URL (password kept out of ``repr``)."""
+
+    host: str
+    port: int
+    userid: str
+    password: str
+    vhost: str
+    ssl: bool
+
+    def __repr__(self) -> str:
+        return f"Endpoint({self.host}:{self.port}/{self.vhost})"
+
+
+def parse_urls(url: str) -> list[Endpoint]:
+    """Endpoints of a comma-separated list of ``amqp://`` / ``amqps://`` URLs.
+
+    Raises:
+        ConfigurationError: a URL that is not AMQP.
+    """
+    endpoints = []
+    for part in url.split(","):
+        split = urlsplit(part.strip())
+        if split.scheme not in ("amqp", "amqps"):
+            raise ConfigurationError(f"not an AMQP URL: {mask_url(part)}")
+        ssl = split.scheme == "amqps"
+        path = split.path[1:] if split.path.startswith("/") else split.path
+        endpoints.append(Endpoint(
+            host=split.hostname or "localhost",
+            port=split.port or (5671 if ssl else 5672),
+            userid=unquote(split.username or "guest"),
+            password=unquote(split.password or "guest"),
+            vhost=unquote(path) if path else "/",
+            ssl=ssl,
+        ))
+    return endpoints
+
+
+Confirmation = Callable[[str | None], None]
+
+
+class _Link:
+    """One connection and one confirm-mode channel. Not thread-safe: one owner at a time."""
+
+    def __init__(self, settings: Settings, endpoints: list[Endpoint], heartbeat: bool) -> None:
+        self.settings = settings
+        self.endpoints = endpoints
+        self.heartbeat = settings.heartbeat_s if heartbeat else 0
+        self.conn: Any = None
+        self.channel: Any = None
+        self.generation = 0
+        self.blocked: str | None = None
+        self.declared: set[str] = set()
+        self._seq = 0
+        self._unconfirmed: OrderedDict[int, tuple[str, Confirmation]] = OrderedDict()
+        self._returned: dict[str, str] = {}
+        self._start = random.randrange(len(endpoints))
+        self.last_used = time.monotonic()
+
+    @property
+    def connected(self) -> bool:
+        return self.conn is not None
+
+    def connect(self, deadline: float | None = None) -> None:
+        """Connect to the first endpoint that answers, with backoff between rounds.
+
+        Raises:
+            BrokerConnectionError: ``deadline`` passed before any endpoint answered.
+        """
+        attempt = 0
+        while True:
+            for i in range(len(self.endpoints)):
+                endpoint = self.endpoints[(self._start + i) % len(self.endpoints)]
+                try:
+                    self._open(endpoint)
+                    self._start = (self._start + i) % len(self.endpoints)
+                    return
+                except (*_LINK_ERRORS, amqp_errors.AMQPError) as exc:
+                    self.drop()
+                    last = exc
+                    if isinstance(exc, amqp_errors.AccessRefused):
+                        raise BrokerConnectionError(f"access refused by {endpoint!r}") from None
+            attempt += 1
+            pause = random.uniform(0, min(RECONNECT_MAX_S, RECONNECT_FIRST_S * 2**attempt))
+            if deadline is not None and time.monotonic() + pause > deadline:
+                raise BrokerConnectionError(
+                    f"cannot connect to {mask_url(self.settings.url)}: {last}"
+                ) from None
+            log.warning("broker.reconnecting", error=str(last), pause_s=round(pause, 3))
+            time.sleep(pause)
+
+    def _open(self, endpoint: Endpoint) -> None:
+        conn = amqp.Connection(
+            host=f"{endpoint.host}:{endpoint.port}",
+            userid=endpoint.userid,
+            password=endpoint.password,
+            virtual_host=endpoint.vhost,
+            ssl=endpoint.ssl,
+            heartbeat=self.heartbeat,
+            connect_timeout=self.settings.connect_timeout_s,
+            write_timeout=self.settings.publish_timeout_s,
+            on_blocked=self._on_blocked,
+            on_unblocked=self._on_unblocked,
+            client_properties={"product": "taskwarren", "connection_name": f"taskwarren-{os.getpid()}"},
+        )
+        self.conn = conn
+        conn.connect()
+        self._open_channel()
+        self.generation += 1
+        self.blocked = None
+        self.declared = set()
+        self.last_used = time.monotonic()
+
+    def _open_channel(self) -> None:
+        channel = self.conn.channel()
+        channel.confirm_select()
+        channel.events["basic_ack"].add(self._on_ack)
+        channel.events["basic_nack"].add(self._on_nack)
+        channel.events["basic_return"].add(self._on_return)
+        self.channel = channel
+        self._seq = 0
+
+    def drop(self) -> None:
+        """Forget the connection (closing it if it still answers); fail unconfirmed."""
+        conn, self.conn, self.channel = self.conn, None, None
+        pending, self._unconfirmed = self._unconfirmed, OrderedDict()
+        self._returned.clear()
+        for _, confirm in pending.values():
+            confirm("connection lost before the confirm arrived")
+        if conn is not None:
+            try:
+                conn.collect()
+            except Exception:  # noqa: BLE001 - already broken; nothing more to do
+                pass
+
+    def close(self) -> None:
+        """Close politely; unconfirmed publishes are reported failed."""
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except (*_LINK_ERRORS, amqp_errors.AMQPError):
+                pass
+        self.drop()
+
+    def _on_blocked(self, reason: str) -> None:
+        self.blocked = reason or "resource alarm"
+        log.warning("broker.blocked", reason=self.blocked)
+
+    def _on_unblocked(self) -> None:
+        self.blocked = None
+        log.info("broker.unblocked")
+
+    def _on_ack(self, tag: int, multiple: bool) -> None:
+        self._settle(tag, multiple, None)
+
+    def _on_nack(self, tag: int, multiple: bool) -> None:
+        self._settle(tag, multiple, "the broker refused the message (nack)")
+
+    def _on_return(self, exc: Any, exchange: str, routing_key: str, message: Any) -> None:
+        message_id = message.properties.get("message_id", "")
+        self._returned[message_id] = (
+            f"unroutable: no queue bound for routing key {routing_key!r} on exchange "
+            f"{exchange!r} ({exc.reply_text if hasattr(exc, 'reply_text') else exc})"
+        )
+
+    def _settle(self, tag: int, multiple: bool, error: str | None) -> None:
+        pending = self._unconfirmed
+        if multiple:
+            while pending:
+                seq = next(iter(pending))
+                if seq > tag:
+                    break
+                message_id, confirm = pending.popitem(last=False)[1]
+                confirm(self._returned.pop(message_id, None) or error)
+        else:
+            item = pending.pop(tag, None)
+            if item is not None:
+                confirm_error = self._returned.pop(item[0], None) or error
+                item[1](confirm_error)
+
+    def publish(
+        self, exchange: str, routing_key: str, envelope: Envelope, confirm: Confirmation
+    ) -> None:
+        """Publish persistently and mandatorily; ``confirm`` is called with the outcome."""
+        props: dict[str, Any] = {
+            "delivery_mode": 2,
+            "content_type": envelope.content_type,
+            "message_id": envelope.message_id,
+            "app_id": "taskwarren",
+            "application_headers": envelope.headers,
+        }
+        if envelope.timestamp:
+            props["timestamp"] = envelope.timestamp
+        msg = amqp.Message(envelope.body, **props)
+        self.channel.basic_publish(msg, exchange=exchange, routing_key=routing_key, mandatory=True)
+        self._seq += 1
+        self._unconfirmed[self._seq] = (envelope.message_id, confirm)
+        self.last_used = time.monotonic()
+
+    @property
+    def unconfirmed(self) -> int:
+        return len(self._unconfirmed)
+
+    def declare_queues(self, queues: Iterable[str]) -> None:
+        """Declare the exchanges, ``queues``, their dead-letter queues and delay bindings."""
+        todo = [q for q in queues if q not in self.declared]
+        if not todo:
+            return
+        ch = self.channel
+        if not self.declared:
+            self._declare_common()
+        s = self.settings
+        for queue in todo:
+            try:
+                ch.queue_declare(queue, durable=True, auto_delete=False,
+                                 arguments=queue_arguments(queue, s.queue_type, s.delivery_limit))
+            except amqp_errors.PreconditionFailed as exc:
+                self._open_channel()
+                raise ConfigurationError(
+                    f"queue {queue!r} exists with other arguments than taskwarren declares "
+                    f"({exc.reply_text}). taskwarren never redeclares a queue: drain it and "
+                    f"delete it, or set TASKWARREN_QUEUE_TYPE to match the existing queue."
+                ) from None
+            ch.queue_bind(queue, EXCHANGE, queue)
+            ch.queue_bind(queue, DELAY_DELIVER_EXCHANGE, deliver_binding_key(queue))
+            dead = dead_queue(queue)
+            ch.queue_declare(dead, durable=True, auto_delete=False,
+                             arguments={"x-queue-type": "classic"})
+            ch.queue_bind(dead, DEAD_LETTER_EXCHANGE, queue)
+            self.declared.add(queue)
+
+    def _declare_common(self) -> None:
+        ch = self.channel
+        ch.exchange_declare(EXCHANGE, "direct", durable=True, auto_delete=False)
+        ch.exchange_declare(DEAD_LETTER_EXCHANGE, "direct", durable=True, auto_delete=False)
+        ch.exchange_declare(DELAY_DELIVER_EXCHANGE, "topic", durable=True, auto_delete=False)
+        for level in range(DELAY_LEVELS):
+            name = delay_exchange(level)
+            ch.exchange_declare(name, "topic", durable=True, auto_delete=False)
+        for level in range(DELAY_LEVELS):
+            name = delay_exchange(level)
+            ch.queue_declare(name, durable=True, auto_delete=False, arguments={
+                "x-queue-type": "classic",
+                "x-message-ttl": level_ttl_ms(level),
+                "x-dead-letter-exchange": next_level_exchange(level),
+            })
+            wait_key, pass_key = level_binding_keys(level)
+            ch.queue_bind(name, name, wait_key)
+            ch.exchange_bind(next_level_exchange(level), name, pass_key)
+
+
+def _route(queue: str, delay_s: float, dead: bool) -> tuple[str, str]:
+    """Exchange and routing key for a message to ``queue``."""
+    if dead:
+        return DEAD_LETTER_EXCHANGE, queue
+    if delay_s > 0:
+        return delay_exchange(DELAY_LEVELS - 1), delay_routing_key(delay_s, queue)
+    return EXCHANGE, queue
+
+
+def _envelope_of(msg: Any) -> Envelope:
+    props = msg.properties
+    body = msg.body
+    if isinstance(body, str):  # py-amqp decodes when a content_encoding is set
+        body = body.encode()
+    return Envelope(
+        message_id=str(props.get("message_id") or ""),
+        body=bytes(body),
+        headers=dict(props.get("application_headers") or {}),
+        content_type=str(props.get("content_type") or ""),
+        timestamp=_timestamp(props.get("timestamp")),
+    )
+
+
+def _timestamp(value: Any) -> int:
+    if isinstance(value, int):
+        return value
+    if hasattr(value, "timestamp"):
+        return int(value.timestamp())
+    return 0
+
+
+class RabbitMQBroker(Broker):
+    """RabbitMQ: durable direct exchange, quorum (or classic) queues, confirms everywhere.
+
+    One producer connection per process, shared by threads under a lock; consumers
+    get their own connections.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.endpoints = parse_urls(settings.url)
+        self.location = mask_url(settings.url)
+        self._lock = threading.Lock()
+        self._link = _Link(settings, self.endpoints, heartbeat=True)
+
+    def _ready_link(self, deadline: float) -> _Link:
+        link = self._link
+        if link.connected and time.monotonic() - link.last_used > self.settings.heartbeat_s:
+            # Idle past a heartbeat: read what the broker sent (a close, perhaps)
+            # before trusting the connection with a message.
+            try:
+                link.conn.drain_events(timeout=0)
+            except socket.timeout:
+                pass
+            except _LINK_ERRORS:
+                link.drop()
+        if not link.connected:
+            link.connect(deadline)
+        return link
+
+    def declare(self, queues: Iterable[str]) -> None:
+        queues = list(queues)
+        with self._lock:
+            self._with_link(lambda link: link.declare_queues(queues))
+
+    def _with_link(self, fn: Callable[[_Link], Any]) -> Any:
+        deadline = time.monotonic() + self.settings.publish_timeout_s
+        while True:
+            link = self._ready_link(deadline)
+            try:
+                return fn(link)
+            except _LINK_ERRORS as exc:
+                link.drop()
+                if time.monotonic() > deadline:
+                    raise BrokerConnectionError(str(exc)) from None
+            except amqp_errors.AMQPError as exc:
+                link.drop()
+                raise BrokerError(f"broker refused: {exc}") from None
+
+    def publish(self, queue: str, envelopes: Sequence[Envelope], delay_s: float = 0.0) -> None:
+        self._publish(queue, envelopes, delay_s, dead=False)
+
+    def _publish(
+        self, queue: str, envelopes: Sequence[Envelope], delay_s: float, dead: bool
+    ) -> None:
+        exchange, routing_key = _route(queue, delay_s, dead)
+        deadline = time.monotonic() + self.settings.publish_timeout_s
+        todo: dict[str, Envelope] = {e.message_id: e for e in envelopes}
+        with self._lock:
+            while todo:
+                link = self._ready_link(deadline)
+                try:
+                    self._publish_batch(link, queue, exchange, routing_key, todo, deadline)
+                except _LINK_ERRORS as exc:
+                    # Unconfirmed messages stay in ``todo`` and are published again.
+                    link.drop()
+                    if time.monotonic() > deadline:
+                        raise PublishTimeoutError(
+                            f"{len(todo)} message(s) unconfirmed: {exc}"
+                        ) from None
+                    log.warning("publish.retrying", unconfirmed=len(todo), error=str(exc))
+
+    def _publish_batch(
+        self,
+        link: _Link,
+        queue: str,
+        exchange: str,
+        routing_key: str,
+        todo: dict[str, Envelope],
+        deadline: float,
+    ) -> None:
+        link.declare_queues([queue])
+        failures: dict[str, str] = {}
+
+        def confirmed(message_id: str) -> Confirmation:
+            def done(error: str | None) -> None:
+                if error is None:
+                    todo.pop(message_id, None)
+                else:
+                    failures[message_id] = error
+            return done
+
+        self._wait_unblocked(link, deadline)
+        for envelope in list(todo.values()):
+            link.publish(exchange, routing_key, envelope, confirmed(envelope.message_id))
+            while link.unconfirmed >= CONFIRM_WINDOW:
+                self._wait(link, deadline)
+        while link.unconfirmed:
+            self._wait(link, deadline)
+        if failures:
+            message_id, error = next(iter(failures.items()))
+            kind = UnroutableError if error.startswith("unroutable") else PublishNackedError
+            raise kind(f"message {message_id} not stored: {error}")
+
+    def _wait_unblocked(self, link: _Link, deadline: float) -> None:
+        while link.blocked:
+            self._wait(link, deadline)
+
+    def _wait(self, link: _Link, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            blocked = f": the broker blocks publishers ({link.blocked})" if link.blocked else ""
+            link.drop()
+            raise PublishTimeoutError(
+                f"no confirm within {self.settings.publish_timeout_s}s{blocked}"
+            )
+        try:
+            link.conn.drain_events(timeout=min(remaining, 1.0))
+        except socket.timeout:
+            pass
+
+    def consumer(self) -> RabbitMQConsumer:
+        return RabbitMQConsumer(self.settings, self.endpoints)
+
+    def stats(self, queue: str) -> QueueStats:
+        def query(link: _Link) -> QueueStats:
+            ch = link.channel
+            _, ready, consumers = ch.queue_declare(queue, passive=True)
+            _, dead, _ = ch.queue_declare(dead_queue(queue), passive=True)
+            return QueueStats(queue, ready, None, consumers, dead, None)
+
+        with self._lock:
+            try:
+                result: QueueStats = self._with_link(query)
+            except BrokerError as exc:
+                self._link.drop()
+                raise BrokerError(f"queue {queue!r} not found: {exc}") from None
+            return result
+
+    def purge(self, queue: str) -> int:
+        with self._lock:
+            count: int = self._with_link(lambda link: link.channel.queue_purge(queue))
+            return count
+
+    def dead_letters(self, queue: str) -> list[Envelope]:
+        found: list[Envelope] = []
+        with self._lock:
+            self._with_link(lambda link: self._collect(link, queue, found.append))
+        return found
+
+    def _collect(self, link: _Link, queue: str, sink: Callable[[Envelope], None]) -> None:
+        dead = dead_queue(queue)
+        ch = link.conn.channel()
+        try:
+            _, count, _ = ch.queue_declare(dead, passive=True)
+            got: list[Any] = []
+            ch.basic_qos(0, 0, False)
+            ch.basic_consume(dead, callback=got.append, no_ack=False)
+            while len(got) < count:
+                try:
+                    link.conn.drain_events(timeout=2.0)
+                except socket.timeout:
+                    break
+            for msg in got:
+                sink(_envelope_of(msg))
+        finally:
+            ch.close()
+
+    def replay_dead(self, queue: str, message_ids: Sequence[str] | None) -> int:
+        return self._take_dead(queue, message_ids, replay=True)
+
+    def purge_dead(self, queue: str, message_ids: Sequence[str] | None) -> int:
+        return self._take_dead(queue, message_ids, replay=False)
+
+    def _take_dead(self, queue: str, message_ids: Sequence[str] | None, replay: bool) -> int:
+        wanted = set(message_ids) if message_ids is not None else None
+        with self._lock:
+            link = self._ready_link(time.monotonic() + self.settings.publish_timeout_s)
+            link.declare_queues([queue])
+            side = link.conn.channel()
+            try:
+                _, count, _ = side.queue_declare(dead_queue(queue), passive=True)
+                got: list[Any] = []
+                side.basic_qos(0, 0, False)
+                side.basic_consume(dead_queue(queue), callback=got.append, no_ack=False)
+                while len(got) < count:
+                    try:
+                        link.conn.drain_events(timeout=2.0)
+                    except socket.timeout:
+                        break
+                chosen = [m for m in got
+                          if wanted is None or m.properties.get("message_id") in wanted]
+                if replay and chosen:
+                    todo = {}
+                    for m in chosen:
+                        env = revived(_envelope_of(m))
+                        todo[env.message_id] = env
+                    deadline = time.monotonic() + self.settings.publish_timeout_s
+                    self._publish_batch(link, queue, EXCHANGE, queue, todo, deadline)
+                # Only now, with every copy confirmed, are the dead letters removed.
+                for m in chosen:
+                    side.basic_ack(m.delivery_info["delivery_tag"])
+                return len(chosen)
+            finally:
+                try:
+                    side.close()
+                except _LINK_ERRORS:
+                    link.drop()
+
+    def close(self) -> None:
+        with self._lock:
+            self._link.close()
+
+
+class RabbitMQConsumer(Consumer):
+    """Deliveries over one connection, owned by the worker process's I/O thread.
+
+    Acks are coalesced: the longest run of settled deliveries at the head of the
+    unacked list is acked with one ``multiple=True`` frame per poll. A republish
+    (retry, dead letter) is confirmed before its delivery joins that run.
+    """
+
+    def __init__(self, settings: Settings, endpoints: list[Endpoint]) -> None:
+        self.settings = settings
+        self._link = _Link(settings, endpoints, heartbeat=True)
+        self._prefetch: dict[str, int] = {}
+        self._consumer_tags: dict[str, str] = {}
+        self._incoming: list[Delivery] = []
+        self._unacked: deque[int] = deque()
+        self._done: set[int] = set()
+        self._settle_q: deque[tuple[Delivery, Action]] = deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._sleeping = False
+        self._cancelled = False
+        self.reconnects = 0
+
+    # -- connection ---------------------------------------------------------------
+
+    def _ensure(self, deadline: float) -> None:
+        if self._link.connected:
+            return
+        self._incoming.clear()
+        self._unacked.clear()
+        self._done.clear()
+        self._link.connect(deadline)
+        self._link.declare_queues(self._prefetch)
+        if not self._cancelled:
+            for queue, prefetch in self._prefetch.items():
+                self._start(queue, prefetch)
+
+    def _lost(self, exc: BaseException) -> None:
+        log.warning("consumer.link_lost", error=str(exc) or type(exc).__name__)
+        self.reconnects += 1
+        self._link.drop()
+
+    def _start(self, queue: str, prefetch: int) -> None:
+        ch = self._link.channel
+        old = self._consumer_tags.pop(queue, None)
+        if old is not None:
+            ch.basic_cancel(old)
+        ch.basic_qos(0, prefetch, False)  # per consumer: quorum queues refuse global QoS
+        self._consumer_tags[queue] = ch.basic_consume(
+            queue, callback=self._receiver(queue), no_ack=False
+        )
+
+    def _receiver(self, queue: str) -> Callable[[Any], None]:
+        generation = self._link.generation
+        incoming = self._incoming
+        unacked = self._unacked
+
+        def receive(msg: Any) -> None:
+            info = msg.delivery_info
+            tag = info["delivery_tag"]
+            envelope = _envelope_of(msg)
+            count = envelope.headers.get("x-delivery-count", 0)
+            unacked.append(tag)
+            incoming.append(Delivery(
+                envelope, queue, tag, bool(info.get("redelivered")),
+                count if isinstance(count, int) else 0, generation,
+            ))
+
+        return receive
+
+    # -- the contract ---------------------------------------------------------------
+
+    def consume(self, queue: str, prefetch: int) -> None:
+        if self._prefetch.get(queue) == prefetch:
+            return
+        self._prefetch[queue] = prefetch
+        if not self._link.connected or self._cancelled:
+            return  # the next poll connects and starts every consumer
+        try:
+            self._link.declare_queues([queue])
+            self._start(queue, prefetch)
+        except _LINK_ERRORS as exc:
+            self._lost(exc)
+
+    def poll(self, timeout_s: float) -> list[Delivery]:
+        try:
+            self._ensure(time.monotonic() + max(timeout_s, 1.0))
+            self._flush()
+            if not self._incoming and not self._settle_q:
+                self._wait(timeout_s)
+            self._drain()
+            self._flush()
+            self._link.conn.heartbeat_tick()
+        except BrokerConnectionError as exc:
+            log.warning("consumer.broker_unreachable", error=str(exc))
+            return []
+        except (*_LINK_ERRORS, amqp_errors.AMQPError) as exc:
+            self._lost(exc)
+            return []
+        out, self._incoming[:] = list(self._incoming), []
+        return out
+
+    def _wait(self, timeout_s: float) -> None:
+        self._sleeping = True
+        try:
+            if self._settle_q:
+                return
+            sock = self._link.conn.sock
+            ready, _, _ = select.select([sock, self._wake_r], [], [], timeout_s)
+            if self._wake_r in ready:
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+        finally:
+            self._sleeping = False
+
+    def _drain(self) -> None:
+        conn = self._link.conn
+        for _ in range(10_000):
+            try:
+                conn.drain_events(timeout=0)
+            except socket.timeout:
+                return
+
+    def settle(self, delivery: Delivery, action: Action) -> None:
+        self._settle_q.append((delivery, action))
+        if self._sleeping and not isinstance(action, Ack):
+            self.wakeup()
+
+    def wakeup(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # the pipe is full: a wakeup is already pending
+
+    def pending(self) -> int:
+        return len(self._settle_q) + self._link.unconfirmed
+
+    def _flush(self) -> None:
+        link = self._link
+        generation = link.generation
+        ch = link.channel
+        settle_q = self._settle_q
+        done = self._done
+        while settle_q:
+            delivery, action = settle_q.popleft()
+            if delivery.generation != generation:
+                continue  # its connection is gone; the broker redelivers it
+            if isinstance(action, Ack):
+                done.add(delivery.tag)
+            elif isinstance(action, Requeue):
+                ch.basic_reject(delivery.tag, requeue=True)
+                self._unacked.remove(delivery.tag)
+            else:
+                assert isinstance(action, Republish)
+                exchange, routing_key = _route(action.queue, action.delay_s, action.dead)
+                if not action.dead:
+                    link.declare_queues([action.queue])
+                link.publish(exchange, routing_key, action.envelope,
+                             self._after_confirm(delivery, generation))
+        if done:
+            self._ack_done()
+
+    def _after_confirm(self, delivery: Delivery, generation: int) -> Confirmation:
+        def confirmed(error: str | None) -> None:
+            if self._link.generation != generation or not self._link.connected:
+                return
+            if error is None:
+                self._done.add(delivery.tag)
+            else:
+                log.error("message.republish_failed", task_id=delivery.envelope.message_id,
+                          error=error)
+                self._link.channel.basic_reject(delivery.tag, requeue=True)
+                self._unacked.remove(delivery.tag)
+        return confirmed
+
+    def _ack_done(self) -> None:
+        ch = self._link.channel
+        unacked, done = self._unacked, self._done
+        last = 0
+        while unacked and unacked[0] in done:
+            last = unacked.popleft()
+            done.discard(last)
+        if last:
+            ch.basic_ack(last, multiple=True)
+        for tag in done:
+            ch.basic_ack(tag)
+            unacked.remove(tag)
+        done.clear()
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        if not self._link.connected:
+            return
+        try:
+            for tag in self._consumer_tags.values():
+                self._link.channel.basic_cancel(tag)
+            self._drain()
+        except (*_LINK_ERRORS, amqp_errors.AMQPError) as exc:
+            self._lost(exc)
+        self._consumer_tags.clear()
+
+    def close(self) -> None:
+        try:
+            if self._link.connected:
+                self._flush()
+                deadline = time.monotonic() + self.settings.publish_timeout_s
+                while self._link.unconfirmed and time.monotonic() < deadline:
+                    try:
+                        self._link.conn.drain_events(timeout=0.5)
+                    except socket.timeout:
+                        pass
+                    self._flush()
+        except (*_LINK_ERRORS, amqp_errors.AMQPError) as exc:
+            self._lost(exc)
+        self._link.close()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)

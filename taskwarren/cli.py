@@ -1,0 +1,206 @@
+"""The ``taskwarren`` command: worker, send, queues, dlq, demo."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from taskwarren import app as app_module
+from taskwarren.app import Warren
+from taskwarren.errors import TaskwarrenError
+from taskwarren.logs import configure
+from taskwarren.message import H_ERROR, H_ERROR_TYPE, H_FAILED_AT, H_REASON, decode_kwargs
+from taskwarren.settings import Settings
+
+
+def load_app(modules: Sequence[str], url: str | None) -> Warren:
+    """Import ``modules`` and return the app their tasks belong to.
+
+    A module may define its own :class:`Warren`; otherwise module-level ``@task``
+    functions belong to the default app.
+
+    Raises:
+        click.UsageError: no tasks found, or tasks spread over several apps.
+    """
+    sys.path.insert(0, os.getcwd())
+    if url:
+        os.environ["TASKWARREN_URL"] = url
+    found: list[Warren] = []
+    for name in modules:
+        module = importlib.import_module(name)
+        for value in vars(module).values():
+            if isinstance(value, Warren) and value.tasks and value not in found:
+                found.append(value)
+    default = app_module._default_app
+    if default is not None and default.tasks and default not in found:
+        found.append(default)
+    if not found:
+        raise click.UsageError(f"no tasks found in {', '.join(modules)}")
+    if len(found) > 1:
+        raise click.UsageError("tasks belong to several apps; run one worker per app")
+    app = found[0]
+    if url and app.settings.url != url:
+        app.settings = app.settings.model_copy(update={"url": url})
+    return app
+
+
+@click.group()
+@click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto",
+              help="JSON lines or colour console (auto: console on a terminal).")
+@click.option("--log-level", default="INFO", show_default=True)
+def main(log_format: str, log_level: str) -> None:
+    """taskwarren: a durable task queue for Python on RabbitMQ."""
+    configure(log_format, log_level)  # type: ignore[arg-type]
+
+
+@main.command()
+@click.argument("modules", nargs=-1, required=True)
+@click.option("-c", "--concurrency", type=int, default=None,
+              help="Child processes (default: CPU count).")
+@click.option("-Q", "--queues", default=None, help="Comma-separated queues (default: all used).")
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="Executor threads per child.")
+@click.option("--prefetch", type=int, default=None,
+              help="Pin the per-consumer prefetch (default: adapts to task durations).")
+@click.option("--url", default=None, help="Broker URL (default: TASKWARREN_URL).")
+@click.option("--grace", type=float, default=None, help="Seconds running tasks get on stop.")
+def worker(modules: tuple[str, ...], concurrency: int | None, queues: str | None,
+           threads: int, prefetch: int | None, url: str | None, grace: float | None) -> None:
+    """Run a pool of worker processes for the tasks in MODULES."""
+    from taskwarren.worker.supervisor import Supervisor
+
+    app = load_app(modules, url)
+    chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else app.queues()
+    pool = Supervisor(app, chosen, concurrency or os.cpu_count() or 1, threads,
+                      prefetch or app.settings.prefetch, grace)
+    sys.exit(pool.run())
+
+
+@main.command()
+@click.argument("task_name")
+@click.option("--module", "-m", "modules", multiple=True, required=True,
+              help="Module(s) defining the task.")
+@click.option("--kwargs", "kwargs_json", default=None, help="Keyword arguments as JSON.")
+@click.option("--file", "jobs_file", type=click.File(), default=None,
+              help="JSON lines file, one kwargs object per line.")
+@click.option("--delay", type=float, default=None, help="Seconds before the task may run.")
+@click.option("--url", default=None)
+def send(task_name: str, modules: tuple[str, ...], kwargs_json: str | None,
+         jobs_file: Any, delay: float | None, url: str | None) -> None:
+    """Send TASK_NAME with --kwargs or every line of --file; prints task ids."""
+    app = load_app(modules, url)
+    task = app.tasks.get(task_name) or next(
+        (t for t in app.tasks.values() if t.name.endswith("." + task_name)), None)
+    if task is None:
+        raise click.UsageError(f"no task {task_name!r}; known: {', '.join(sorted(app.tasks))}")
+    calls = [json.loads(line) for line in jobs_file if line.strip()] if jobs_file else [
+        json.loads(kwargs_json or "{}")]
+    ids = task.options(delay=delay).send_many(calls)
+    click.echo("\n".join(ids))
+
+
+def _broker_app(url: str | None) -> Warren:
+    return Warren(settings=Settings.from_env(url=url))
+
+
+@main.command()
+@click.argument("queue_names", nargs=-1, required=True)
+@click.option("--url", default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def queues(queue_names: tuple[str, ...], url: str | None, as_json: bool) -> None:
+    """Show ready, unacked, consumers, dead and delayed counts of QUEUE_NAMES."""
+    broker = _broker_app(url).broker
+    rows = [broker.stats(q) for q in queue_names]
+    if as_json:
+        click.echo(json.dumps([r.__dict__ if hasattr(r, "__dict__") else {
+            f: getattr(r, f) for f in r.__slots__} for r in rows]))
+        return
+    click.echo(f"{'queue':30} {'ready':>8} {'unacked':>8} {'consumers':>9} {'dead':>6} {'delayed':>8}")
+    for r in rows:
+        click.echo(f"{r.queue:30} {r.ready:>8} {_dash(r.unacked):>8} {_dash(r.consumers):>9} "
+                   f"{r.dead:>6} {_dash(r.delayed):>8}")
+
+
+def _dash(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+@main.group()
+def dlq() -> None:
+    """Inspect, replay and purge dead letters."""
+
+
+@dlq.command("list")
+@click.argument("queue")
+@click.option("--url", default=None)
+def dlq_list(queue: str, url: str | None) -> None:
+    """List QUEUE's dead letters (they stay where they are)."""
+    for env in _broker_app(url).broker.dead_letters(queue):
+        click.echo("\t".join(str(x) for x in (
+            env.message_id, env.task, env.attempt, env.headers.get(H_ERROR_TYPE, ""),
+            str(env.headers.get(H_ERROR, "")).replace("\n", " ")[:120],
+            env.headers.get(H_FAILED_AT, ""))))
+
+
+@dlq.command("show")
+@click.argument("queue")
+@click.argument("task_id")
+@click.option("--url", default=None)
+def dlq_show(queue: str, task_id: str, url: str | None) -> None:
+    """Show everything about one dead letter, traceback and arguments included."""
+    for env in _broker_app(url).broker.dead_letters(queue):
+        if env.message_id == task_id:
+            try:
+                arguments: Any = decode_kwargs(env, sys.maxsize)
+            except TaskwarrenError:
+                arguments = env.body.decode(errors="replace")
+            click.echo(json.dumps({
+                "id": env.message_id, "task": env.task, "attempt": env.attempt,
+                "reason": env.headers.get(H_REASON), "headers": env.headers,
+                "arguments": arguments,
+            }, indent=2, default=str))
+            return
+    raise click.ClickException(f"no dead letter {task_id} in {queue}")
+
+
+@dlq.command("replay")
+@click.argument("queue")
+@click.option("--id", "ids", multiple=True, help="Task id to replay (repeatable).")
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter.")
+@click.option("--url", default=None)
+def dlq_replay(queue: str, ids: tuple[str, ...], replay_all: bool, url: str | None) -> None:
+    """Send dead letters back to QUEUE with their attempts reset."""
+    if not ids and not replay_all:
+        raise click.UsageError("give --id ID (repeatable) or --all")
+    n = _broker_app(url).broker.replay_dead(queue, None if replay_all else list(ids))
+    click.echo(f"replayed {n}")
+
+
+@dlq.command("purge")
+@click.argument("queue")
+@click.option("--id", "ids", multiple=True)
+@click.option("--yes", is_flag=True, help="Confirm the deletion.")
+@click.option("--url", default=None)
+def dlq_purge(queue: str, ids: tuple[str, ...], yes: bool, url: str | None) -> None:
+    """Delete dead letters of QUEUE (all, or --id ones); needs --yes."""
+    if not yes:
+        raise click.UsageError("purging deletes messages for good: add --yes")
+    n = _broker_app(url).broker.purge_dead(queue, list(ids) if ids else None)
+    click.echo(f"purged {n}")
+
+
+def _add_demo() -> None:
+    try:
+        demo = importlib.import_module("workers.email_analysis.demo")
+    except ImportError:
+        return
+    main.add_command(demo.demo_command, "demo")
+
+
+_add_demo()

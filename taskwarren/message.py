@@ -1,0 +1,180 @@
+"""The message envelope: a task call as bytes and headers, and back. Nothing else.
+
+The envelope is independent of any broker so that an outbox row can hold it too.
+Bodies are JSON, always: a queue is input from the network and is never unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from taskwarren.errors import DecodeError
+
+CONTENT_TYPE = "application/json"
+APP_ID = "taskwarren"
+
+H_TASK = "tw-task"
+H_ATTEMPT = "tw-attempt"
+H_QUEUE = "tw-queue"
+H_ETA = "tw-eta"
+H_TRACE = "tw-trace"
+H_ERROR = "tw-error"
+H_ERROR_TYPE = "tw-error-type"
+H_TRACEBACK = "tw-traceback"
+H_FAILED_AT = "tw-failed-at"
+H_REASON = "tw-reason"
+
+#: Longest traceback kept in a dead letter's headers (AMQP header tables are bounded).
+MAX_TRACEBACK_CHARS = 8000
+
+#: Headers the broker adds when it dead-letters; a retry or replay starts clean.
+_BROKER_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queue",
+                   "x-first-death-reason", "x-last-death-exchange", "x-last-death-queue",
+                   "x-last-death-reason", "x-delivery-count")
+
+HeaderValue = str | int | float | bool | None | list[Any] | dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A message as the broker carries it: body bytes plus properties and headers.
+
+    Attributes:
+        message_id: the task id.
+        body: the JSON body.
+        headers: ``tw-*`` headers (and, on receipt, whatever the broker added).
+        content_type: the body's MIME type; anything but JSON is refused by workers.
+        timestamp: seconds since the epoch when it was first sent.
+    """
+
+    message_id: str
+    body: bytes
+    headers: dict[str, HeaderValue] = field(default_factory=dict)
+    content_type: str = CONTENT_TYPE
+    timestamp: int = 0
+
+    @property
+    def task(self) -> str:
+        """The registered task name, or ``""`` if the header is missing."""
+        value = self.headers.get(H_TASK)
+        return value if isinstance(value, str) else ""
+
+    @property
+    def attempt(self) -> int:
+        """Zero-based attempt number."""
+        value = self.headers.get(H_ATTEMPT, 0)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    @property
+    def queue(self) -> str:
+        """The queue this message was sent to."""
+        value = self.headers.get(H_QUEUE)
+        return value if isinstance(value, str) else ""
+
+    def clean(self) -> Envelope:
+        """A copy without the headers the broker adds on dead-lettering.
+
+        RabbitMQ drops a message that comes back to a queue carrying only "expired"
+        deaths in its ``x-death`` history (dead-letter cycle detection), so every
+        retry and replay publishes a clean copy.
+        """
+        headers = {k: v for k, v in self.headers.items() if k not in _BROKER_HEADERS}
+        return replace(self, headers=headers)
+
+    def with_headers(self, updates: Mapping[str, HeaderValue]) -> Envelope:
+        """A clean copy with ``updates`` applied (a value of ``None`` removes the header)."""
+        headers = dict(self.clean().headers)
+        for name, value in updates.items():
+            if value is None:
+                headers.pop(name, None)
+            else:
+                headers[name] = value
+        return replace(self, headers=headers)
+
+
+def revived(envelope: Envelope) -> Envelope:
+    """A clean copy of a dead letter for replay: same task id, attempt reset, no error."""
+    updates: dict[str, HeaderValue] = dict.fromkeys(
+        (H_ERROR, H_ERROR_TYPE, H_TRACEBACK, H_FAILED_AT, H_REASON))
+    updates[H_ATTEMPT] = 0
+    return envelope.with_headers(updates)
+
+
+def new_task_id() -> str:
+    """A new random task id (UUID4, as text)."""
+    return str(uuid.uuid4())
+
+
+def encode(
+    task: str,
+    queue: str,
+    body: bytes,
+    *,
+    task_id: str | None = None,
+    attempt: int = 0,
+    eta: datetime | None = None,
+    trace: str | None = None,
+) -> Envelope:
+    """Build the envelope of a task call whose JSON body is already serialised."""
+    headers: dict[str, HeaderValue] = {H_TASK: task, H_ATTEMPT: attempt, H_QUEUE: queue}
+    if eta is not None:
+        headers[H_ETA] = eta.astimezone(UTC).isoformat()
+    if trace:
+        headers[H_TRACE] = trace
+    return Envelope(
+        message_id=task_id or new_task_id(),
+        body=body,
+        headers=headers,
+        timestamp=int(time.time()),
+    )
+
+
+def check_envelope(envelope: Envelope, max_bytes: int) -> None:
+    """Refuse an envelope a worker must not try to run.
+
+    Raises:
+        DecodeError: wrong content type, oversized body, or no task name.
+    """
+    if envelope.content_type != CONTENT_TYPE:
+        raise DecodeError(f"content type {envelope.content_type!r} is not {CONTENT_TYPE}")
+    if len(envelope.body) > max_bytes:
+        raise DecodeError(f"body of {len(envelope.body)} bytes exceeds the limit of {max_bytes}")
+    if not envelope.task:
+        raise DecodeError(f"missing or invalid {H_TASK} header")
+
+
+def decode_kwargs(envelope: Envelope, max_bytes: int) -> dict[str, Any]:
+    """Check an envelope and parse its body into keyword arguments (for display).
+
+    Raises:
+        DecodeError: as :func:`check_envelope`, or a body that is not a JSON object.
+    """
+    check_envelope(envelope, max_bytes)
+    try:
+        kwargs = json.loads(envelope.body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DecodeError(f"body is not valid JSON: {exc}") from None
+    if not isinstance(kwargs, dict):
+        raise DecodeError(f"body is a JSON {type(kwargs).__name__}, not an object")
+    return kwargs
+
+
+def failure_headers(
+    error_type: str, error: str, traceback_text: str = "", reason: str = ""
+) -> dict[str, HeaderValue]:
+    """Headers recorded on a dead letter."""
+    headers: dict[str, HeaderValue] = {
+        H_ERROR_TYPE: error_type,
+        H_ERROR: error[:2000],
+        H_FAILED_AT: datetime.now(UTC).isoformat(),
+        H_REASON: reason or error_type,
+    }
+    if traceback_text:
+        headers[H_TRACEBACK] = traceback_text[-MAX_TRACEBACK_CHARS:]
+    return headers

@@ -1,0 +1,151 @@
+"""Names and arguments of exchanges, queues and bindings, and delay-level routing keys.
+
+The design (see README, "Topology"): every task message goes through the durable
+direct exchange ``taskwarren`` with routing key = queue name. Dead letters go through
+``taskwarren.dlx`` into ``Q.dead``. Delays use :data:`DELAY_LEVELS` binary levels:
+level ``n`` holds messages for ``2**n`` seconds, then dead-letters them to level
+``n - 1``; the routing key spells the delay in binary, highest level first.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from taskwarren.errors import ConfigurationError
+
+#: The direct exchange every task message is published to (routing key = queue).
+EXCHANGE = "taskwarren"
+#: The direct exchange dead letters go to (routing key = the original queue).
+DEAD_LETTER_EXCHANGE = "taskwarren.dlx"
+#: Suffix of a queue's dead-letter queue.
+DEAD_SUFFIX = ".dead"
+#: Number of binary delay levels: delays up to 2**28 - 1 seconds (about 8.5 years).
+DELAY_LEVELS = 28
+#: The topic exchange a message leaves the delay levels through.
+DELAY_DELIVER_EXCHANGE = "taskwarren.delay.deliver"
+#: Longest delay the levels can express, in seconds.
+MAX_DELAY_S = 2**DELAY_LEVELS - 1
+
+_QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$")
+
+
+def check_queue_name(queue: str) -> str:
+    """Return ``queue`` if it is a usable queue name.
+
+    Raises:
+        ConfigurationError: the name is empty, too long, ends in ``.dead``, starts
+            with ``amq.`` or ``taskwarren.``, or holds characters other than letters,
+            digits, ``_``, ``.`` and ``-`` (``*`` and ``#`` would break topic routing).
+    """
+    if (
+        not _QUEUE_NAME_RE.match(queue)
+        or queue.endswith(DEAD_SUFFIX)
+        or queue.startswith(("amq.", "taskwarren."))
+        or ".." in queue
+        or queue.endswith(".")
+    ):
+        raise ConfigurationError(
+            f"invalid queue name {queue!r}: use letters, digits, '_', '.', '-'; "
+            "not ending in '.dead', not starting with 'amq.' or 'taskwarren.'"
+        )
+    return queue
+
+
+def dead_queue(queue: str) -> str:
+    """Name of the dead-letter queue of ``queue``."""
+    return queue + DEAD_SUFFIX
+
+
+def delay_exchange(level: int) -> str:
+    """Name of delay level ``level``'s exchange (and of its queue)."""
+    return f"taskwarren.delay.{level}"
+
+
+def delay_seconds(delay_s: float) -> int:
+    """Round a delay up to whole seconds (never earlier) and check its range.
+
+    Raises:
+        ConfigurationError: the delay is negative or beyond :data:`MAX_DELAY_S`.
+    """
+    if delay_s < 0 or math.isnan(delay_s):
+        raise ConfigurationError(f"delay must not be negative, got {delay_s}")
+    seconds = math.ceil(delay_s)
+    if seconds > MAX_DELAY_S:
+        raise ConfigurationError(f"delay {delay_s}s exceeds the maximum of {MAX_DELAY_S}s")
+    return seconds
+
+
+def delay_routing_key(delay_s: float, queue: str) -> str:
+    """Routing key that carries a message through the delay levels into ``queue``.
+
+    The first :data:`DELAY_LEVELS` words are the delay's bits, highest level first.
+    """
+    seconds = delay_seconds(delay_s)
+    bits = ".".join("1" if seconds >> level & 1 else "0" for level in _levels_high_first())
+    return f"{bits}.{queue}"
+
+
+def delay_from_routing_key(routing_key: str) -> tuple[int, str]:
+    """Inverse of :func:`delay_routing_key`: ``(seconds, queue)``."""
+    words = routing_key.split(".", DELAY_LEVELS)
+    seconds = 0
+    for bit, level in zip(words[:DELAY_LEVELS], _levels_high_first(), strict=True):
+        if bit == "1":
+            seconds |= 1 << level
+    return seconds, words[DELAY_LEVELS]
+
+
+def _levels_high_first() -> range:
+    return range(DELAY_LEVELS - 1, -1, -1)
+
+
+def level_binding_keys(level: int) -> tuple[str, str]:
+    """Binding keys of level ``level``'s exchange: (to its own queue, to the level below).
+
+    Keys whose bit at this level is 1 wait in this level's queue; keys whose bit is
+    0 pass straight on to the next level down.
+    """
+    prefix = "*." * (DELAY_LEVELS - 1 - level)
+    return f"{prefix}1.#", f"{prefix}0.#"
+
+
+def next_level_exchange(level: int) -> str:
+    """Where level ``level`` passes messages on to (and dead-letters expired ones to)."""
+    return delay_exchange(level - 1) if level > 0 else DELAY_DELIVER_EXCHANGE
+
+
+def deliver_binding_key(queue: str) -> str:
+    """Binding key from the deliver exchange to ``queue``: all bits, then the exact name."""
+    return "*." * DELAY_LEVELS + queue
+
+
+def level_ttl_ms(level: int) -> int:
+    """Message TTL of delay level ``level``'s queue, in milliseconds."""
+    return (2**level) * 1000
+
+
+def queue_arguments(
+    queue: str, queue_type: str, delivery_limit: int
+) -> dict[str, Any]:
+    """Arguments of a main task queue.
+
+    The dead-letter routing key is pinned to the queue name: messages that reached the
+    queue through the delay levels carry a longer routing key, and the dead-letter
+    exchange must still route them to ``Q.dead``. Quorum queues always get an explicit
+    delivery limit (RabbitMQ 4.x drops messages past its default of 20 when no
+    dead-letter exchange is set; we always set both).
+    """
+    args: dict[str, Any] = {
+        "x-queue-type": queue_type,
+        "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+        "x-dead-letter-routing-key": queue,
+    }
+    if queue_type == "quorum":
+        args["x-delivery-limit"] = delivery_limit
+        # Broker-side dead-lettering (delivery limit) is at-most-once unless asked;
+        # at-least-once needs reject-publish overflow (RabbitMQ >= 3.10).
+        args["x-dead-letter-strategy"] = "at-least-once"
+        args["x-overflow"] = "reject-publish"
+    return args

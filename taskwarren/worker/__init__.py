@@ -1,0 +1,1 @@
+"""The worker pool: a supervisor, its child processes, and how one delivery is run."""

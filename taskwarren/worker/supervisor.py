@@ -1,0 +1,179 @@
+"""The pool: fork the children, restart the dead, forward stop signals, exit 0 when done."""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+
+import structlog
+
+from taskwarren.app import Warren
+from taskwarren.worker.process import EXIT_REPLACE, WorkerChild
+from taskwarren.worker.shared import KillRecord, RunningSlots
+
+log = structlog.get_logger("taskwarren.worker")
+
+#: A child that dies sooner than this after starting is restarted after a pause.
+QUICK_DEATH_S = 1.0
+#: Longest pause before restarting a child that keeps dying at once.
+RESTART_PAUSE_MAX_S = 10.0
+#: Extra seconds after the grace period before stragglers are killed.
+STOP_MARGIN_S = 5.0
+
+
+class Supervisor:
+    """Keeps ``concurrency`` child processes consuming ``queues``.
+
+    Args:
+        app: the application.
+        queues: queues every child consumes.
+        concurrency: child processes.
+        threads: executor threads per child.
+        prefetch: pinned prefetch, or ``None`` to adapt.
+        grace_s: time running tasks get to finish after a stop signal.
+        on_child_start: called in each new child before it consumes (e.g. to reset
+            metrics state).
+    """
+
+    def __init__(
+        self,
+        app: Warren,
+        queues: Sequence[str],
+        concurrency: int,
+        threads: int = 1,
+        prefetch: int | None = None,
+        grace_s: float | None = None,
+        on_child_start: Callable[[int], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.queues = list(queues)
+        self.concurrency = concurrency
+        self.threads = threads
+        self.prefetch = prefetch
+        self.grace_s = app.settings.grace_s if grace_s is None else grace_s
+        self.on_child_start = on_child_start
+        self.slots = RunningSlots(concurrency, threads)
+        self.kills = KillRecord()
+        self.restarts = 0
+        self._children: dict[int, multiprocessing.process.BaseProcess] = {}
+        self._started_at: dict[int, float] = {}
+        self._quick_deaths: dict[int, int] = {}
+        self._signals = 0
+        self._ctx = multiprocessing.get_context("fork")
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+
+    def run(self) -> int:
+        """Run the pool until a stop signal; returns the exit code."""
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        previous_fd = signal.set_wakeup_fd(wake_w)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        log.info("worker.pool_started", pid=os.getpid(), concurrency=self.concurrency,
+                 threads=self.threads, queues=self.queues, broker=self.app.broker_location)
+        try:
+            for index in range(self.concurrency):
+                self._spawn(index)
+            while not self._signals:
+                self._wait(wake_r, timeout=None)
+                self._reap(restart=True)
+            return self._stop(wake_r)
+        finally:
+            signal.set_wakeup_fd(previous_fd)
+            os.close(wake_r)
+            os.close(wake_w)
+
+    def _spawn(self, index: int) -> None:
+        process = self._ctx.Process(target=self._child_main, args=(index,),
+                                    name=f"taskwarren-child-{index}")
+        process.start()
+        self._children[index] = process
+        self._started_at[index] = time.monotonic()
+
+    def _child_main(self, index: int) -> None:
+        signal.set_wakeup_fd(-1)
+        if self.on_child_start is not None:
+            self.on_child_start(index)
+        child = WorkerChild(self.app, self.queues, index, self.threads, self.prefetch,
+                            self.slots, self.kills, self.grace_s)
+        code = 1
+        try:
+            code = child.run()
+        except BaseException as exc:  # noqa: BLE001 - report, then die; the pool restarts us
+            log.exception("worker.child_crashed", child=index, error=str(exc))
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def _wait(self, wake_r: int, timeout: float | None) -> None:
+        sentinels: list[int] = [p.sentinel for p in self._children.values()]
+        ready = multiprocessing.connection.wait([wake_r, *sentinels], timeout)
+        if wake_r in ready:
+            try:
+                os.read(wake_r, 4096)
+            except BlockingIOError:
+                pass
+
+    def _reap(self, restart: bool) -> None:
+        for index, process in list(self._children.items()):
+            if process.is_alive():
+                continue
+            process.join()
+            code = process.exitcode
+            del self._children[index]
+            if code not in (0, EXIT_REPLACE):
+                for message_id in self.slots.running(index):
+                    kills = self.kills.add(message_id)
+                    log.error("worker.child_killed_by_message", task_id=message_id, kills=kills)
+            self.slots.clear_child(index)
+            if not restart or self._signals:
+                continue
+            self.restarts += 1
+            log.warning("worker.child_restarting", child=index, exitcode=code)
+            lived = time.monotonic() - self._started_at.get(index, 0.0)
+            quick = self._quick_deaths.get(index, 0) + 1 if lived < QUICK_DEATH_S else 0
+            self._quick_deaths[index] = quick
+            if quick > 1:
+                time.sleep(min(RESTART_PAUSE_MAX_S, 0.1 * 2 ** quick))
+            self._spawn(index)
+
+    def _stop(self, wake_r: int) -> int:
+        log.info("worker.pool_stopping", grace_s=self.grace_s)
+        for process in self._children.values():
+            if process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_s + STOP_MARGIN_S
+        signals_seen = self._signals
+        while self._children and time.monotonic() < deadline:
+            self._wait(wake_r, timeout=max(0.0, deadline - time.monotonic()))
+            self._reap(restart=False)
+            if self._signals > signals_seen:
+                log.warning("worker.pool_killed", reason="second signal")
+                self._kill_all()
+                return 1
+        if self._children:
+            log.error("worker.pool_killed", reason="grace period over")
+            self._kill_all()
+            return 1
+        log.info("worker.pool_stopped")
+        return 0
+
+    def _kill_all(self) -> None:
+        for process in self._children.values():
+            if process.pid is not None:
+                try:
+                    os.kill(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for process in self._children.values():
+            process.join()
+        self._children.clear()
