@@ -103,6 +103,7 @@ class Warren:
     @overload
     def task(
         self,
+        /,
         *,
         queue: str = DEFAULT_QUEUE,
         name: str | None = None,
@@ -116,7 +117,7 @@ class Warren:
 
     def task(
         self,
-        fn: Callable[P, R] | None = None,
+        fn: Callable[..., Any] | None = None,
         /,
         *,
         queue: str = DEFAULT_QUEUE,
@@ -127,7 +128,7 @@ class Warren:
         dont_retry: Sequence[type[BaseException]] = (),
         time_limit: float | None = None,
         soft_time_limit: float | None = None,
-    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+    ) -> Any:
         """Register a function as a task; use bare (``@app.task``) or with options.
 
         Args:
@@ -153,12 +154,12 @@ class Warren:
             soft_time_limit_s=soft_time_limit,
         )
 
-        def register(f: Callable[P, R]) -> Task[P, R]:
+        def register(f: Callable[..., Any]) -> Task[Any, Any]:
             task_name = name or f"{f.__module__}.{f.__qualname__}"
             existing = self.tasks.get(task_name)
             if existing is not None and existing.fn is not f:
                 raise ConfigurationError(f"a different task is already named {task_name!r}")
-            registered: Task[P, R] = Task(self, f, task_name, opts)
+            registered: Task[Any, Any] = Task(self, f, task_name, opts)
             self.tasks[task_name] = registered
             return registered
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -118,13 +119,13 @@ def queues(queue_names: tuple[str, ...], url: str | None, as_json: bool) -> None
     broker = _broker_app(url).broker
     rows = [broker.stats(q) for q in queue_names]
     if as_json:
-        click.echo(json.dumps([r.__dict__ if hasattr(r, "__dict__") else {
-            f: getattr(r, f) for f in r.__slots__} for r in rows]))
+        click.echo(json.dumps([dataclasses.asdict(r) for r in rows]))
         return
-    click.echo(f"{'queue':30} {'ready':>8} {'unacked':>8} {'consumers':>9} {'dead':>6} {'delayed':>8}")
+    header = ("queue", "ready", "unacked", "consumers", "dead", "delayed")
+    click.echo(f"{header[0]:30} " + " ".join(f"{h:>9}" for h in header[1:]))
     for r in rows:
-        click.echo(f"{r.queue:30} {r.ready:>8} {_dash(r.unacked):>8} {_dash(r.consumers):>9} "
-                   f"{r.dead:>6} {_dash(r.delayed):>8}")
+        cells = (r.ready, _dash(r.unacked), _dash(r.consumers), r.dead, _dash(r.delayed))
+        click.echo(f"{r.queue:30} " + " ".join(f"{c!s:>9}" for c in cells))
 
 
 def _dash(value: int | None) -> str:

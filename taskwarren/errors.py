@@ -87,11 +87,11 @@ class TimeLimitExceeded(TaskwarrenError):
     """A task ran past its hard time limit; its process was replaced."""
 
 
-class SoftTimeLimitExceeded(Exception):  # noqa: N818 - raised into task code, reads like the event
+class SoftTimeLimitExceeded(Exception):
     """Raised inside a task that ran past its soft time limit; the task may catch it."""
 
 
-class Retry(Exception):  # noqa: N818 - control flow, not an error
+class Retry(Exception):
     """Raise from a task to run it again later; counts against the task's retries.
 
     Args:

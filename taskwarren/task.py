@@ -98,7 +98,7 @@ def _argument_model(fn: Callable[..., Any], name: str) -> type[BaseModel]:
         default = ... if param.default is inspect.Parameter.empty else param.default
         fields[param.name] = (annotation, default)
     model_name = "".join(part.title() for part in name.replace(".", "_").split("_")) + "Args"
-    model: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    model: type[BaseModel] = create_model(
         model_name, __config__=ConfigDict(extra="forbid"), **fields
     )
     return model

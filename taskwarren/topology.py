@@ -123,7 +123,7 @@ def deliver_binding_key(queue: str) -> str:
 
 def level_ttl_ms(level: int) -> int:
     """Message TTL of delay level ``level``'s queue, in milliseconds."""
-    return (2**level) * 1000
+    return 1000 << level
 
 
 def queue_arguments(

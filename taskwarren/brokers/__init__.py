@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
-from taskwarren.brokers.base import Action, Ack, Broker, Consumer, Delivery, QueueStats, Republish, Requeue
+from taskwarren.brokers.base import (
+    Ack,
+    Action,
+    Broker,
+    Consumer,
+    Delivery,
+    QueueStats,
+    Republish,
+    Requeue,
+)
 
 __all__ = ["Ack", "Action", "Broker", "Consumer", "Delivery", "QueueStats", "Republish", "Requeue"]

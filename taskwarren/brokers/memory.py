@@ -114,7 +114,9 @@ class MemoryBroker(Broker):
     def purge_dead(self, queue: str, message_ids: Sequence[str] | None) -> int:
         with self._cond:
             q = self._queue(queue)
-            kept = [e for e in q.dead if message_ids is not None and e.message_id not in message_ids]
+            kept = [
+                e for e in q.dead if message_ids is not None and e.message_id not in message_ids
+            ]
             n = len(q.dead) - len(kept)
             q.dead = kept
             return n

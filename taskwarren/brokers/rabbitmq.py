@@ -5,10 +5,10 @@ This is the only module that imports ``amqp``; its errors become ours here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import select
-import socket
 import threading
 import time
 from collections import OrderedDict, deque
@@ -35,7 +35,6 @@ from taskwarren.errors import (
     BrokerConnectionError,
     BrokerError,
     ConfigurationError,
-    PublishError,
     PublishNackedError,
     PublishTimeoutError,
     UnroutableError,
@@ -179,7 +178,10 @@ class _Link:
             write_timeout=self.settings.publish_timeout_s,
             on_blocked=self._on_blocked,
             on_unblocked=self._on_unblocked,
-            client_properties={"product": "taskwarren", "connection_name": f"taskwarren-{os.getpid()}"},
+            client_properties={
+                "product": "taskwarren",
+                "connection_name": f"taskwarren-{os.getpid()}",
+            },
         )
         self.conn = conn
         conn.connect()
@@ -206,10 +208,8 @@ class _Link:
         for _, confirm in pending.values():
             confirm("connection lost before the confirm arrived")
         if conn is not None:
-            try:
+            with contextlib.suppress(Exception):
                 conn.collect()
-            except Exception:  # noqa: BLE001 - already broken; nothing more to do
-                pass
 
     def close(self) -> None:
         """Close politely; unconfirmed publishes are reported failed."""
@@ -379,7 +379,7 @@ class RabbitMQBroker(Broker):
             # before trusting the connection with a message.
             try:
                 link.conn.drain_events(timeout=0)
-            except socket.timeout:
+            except TimeoutError:
                 pass
             except _LINK_ERRORS:
                 link.drop()
@@ -473,10 +473,8 @@ class RabbitMQBroker(Broker):
             raise PublishTimeoutError(
                 f"no confirm within {self.settings.publish_timeout_s}s{blocked}"
             )
-        try:
+        with contextlib.suppress(TimeoutError):
             link.conn.drain_events(timeout=min(remaining, 1.0))
-        except socket.timeout:
-            pass
 
     def consumer(self) -> RabbitMQConsumer:
         return RabbitMQConsumer(self.settings, self.endpoints)
@@ -518,7 +516,7 @@ class RabbitMQBroker(Broker):
             while len(got) < count:
                 try:
                     link.conn.drain_events(timeout=2.0)
-                except socket.timeout:
+                except TimeoutError:
                     break
             for msg in got:
                 sink(_envelope_of(msg))
@@ -545,7 +543,7 @@ class RabbitMQBroker(Broker):
                 while len(got) < count:
                     try:
                         link.conn.drain_events(timeout=2.0)
-                    except socket.timeout:
+                    except TimeoutError:
                         break
                 chosen = [m for m in got
                           if wanted is None or m.properties.get("message_id") in wanted]
@@ -682,10 +680,8 @@ class RabbitMQConsumer(Consumer):
             sock = self._link.conn.sock
             ready, _, _ = select.select([sock, self._wake_r], [], [], timeout_s)
             if self._wake_r in ready:
-                try:
+                with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)
-                except BlockingIOError:
-                    pass
         finally:
             self._sleeping = False
 
@@ -694,7 +690,7 @@ class RabbitMQConsumer(Consumer):
         for _ in range(10_000):
             try:
                 conn.drain_events(timeout=0)
-            except socket.timeout:
+            except TimeoutError:
                 return
 
     def settle(self, delivery: Delivery, action: Action) -> None:
@@ -703,10 +699,8 @@ class RabbitMQConsumer(Consumer):
             self.wakeup()
 
     def wakeup(self) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError):  # full pipe: a wakeup is pending anyway
             os.write(self._wake_w, b"x")
-        except BlockingIOError:
-            pass  # the pipe is full: a wakeup is already pending
 
     def pending(self) -> int:
         return len(self._settle_q) + self._link.unconfirmed
@@ -781,10 +775,8 @@ class RabbitMQConsumer(Consumer):
                 self._flush()
                 deadline = time.monotonic() + self.settings.publish_timeout_s
                 while self._link.unconfirmed and time.monotonic() < deadline:
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         self._link.conn.drain_events(timeout=0.5)
-                    except socket.timeout:
-                        pass
                     self._flush()
         except (*_LINK_ERRORS, amqp_errors.AMQPError) as exc:
             self._lost(exc)

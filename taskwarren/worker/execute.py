@@ -128,7 +128,7 @@ class Executor:
         started = time.perf_counter()
         try:
             task.fn(**kwargs)
-        except Exception as exc:  # noqa: BLE001 - every task failure is settled, never lost
+        except Exception as exc:
             duration = time.perf_counter() - started
             action, outcome = failure_action(delivery, task, exc, traceback.format_exc())
             bound.warning(f"task.{outcome}", task=task.name, duration_s=round(duration, 6),

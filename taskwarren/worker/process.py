@@ -9,6 +9,7 @@ flowing during long tasks, enforces time limits and adapts the prefetch.
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 import os
 import queue
@@ -16,7 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
@@ -60,8 +61,6 @@ class _Run:
 class _QueueState:
     prefetch: int
     avg_s: float | None = None
-    samples: int = 0
-    durations: list[float] = field(default_factory=list)
 
 
 class WorkerChild:
@@ -103,7 +102,6 @@ class WorkerChild:
         self._lock = threading.Lock()
         self._stopping = False
         self._replace = False
-        self._idle = threading.Semaphore(0)
         self._queues = {q: _QueueState(prefetch or threads) for q in self.queues}
         self._consumer: Consumer | None = None
         self._workers: list[threading.Thread] = []
@@ -189,7 +187,7 @@ class WorkerChild:
             with self._lock:
                 self._running[ident] = run
             self.slots.set(self.index, thread_index, delivery.envelope.message_id)
-            result = self.executor.run(delivery, lambda task: self._started(run, task))
+            result = self.executor.run(delivery, functools.partial(self._started, run))
             self.slots.clear(self.index, thread_index)
             with self._lock:
                 del self._running[ident]

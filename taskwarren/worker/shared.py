@@ -29,8 +29,7 @@ class RunningSlots:
     def set(self, child: int, thread: int, message_id: str) -> None:
         """Record that ``thread`` of ``child`` started ``message_id``."""
         data = message_id.encode()[: SLOT_BYTES - 1]
-        off = self._offset(child, thread)
-        self._buf[off : off + len(data) + 1] = data + b"\0"
+        _write(self._buf, self._offset(child, thread), data + b"\0")
 
     def clear(self, child: int, thread: int) -> None:
         """Record that ``thread`` of ``child`` is idle."""
@@ -40,8 +39,7 @@ class RunningSlots:
         """Message ids ``child`` was running."""
         out = []
         for thread in range(self.threads):
-            off = self._offset(child, thread)
-            raw = bytes(self._buf[off : off + SLOT_BYTES]).split(b"\0", 1)[0]
+            raw = _read(self._buf, self._offset(child, thread), SLOT_BYTES).split(b"\0", 1)[0]
             if raw:
                 out.append(raw.decode(errors="replace"))
         return out
@@ -64,7 +62,7 @@ class KillRecord:
     def _find(self, message_id: bytes) -> int:
         for i in range(KILL_RECORDS):
             off = i * SLOT_BYTES
-            if self._counts[i] and bytes(self._ids[off : off + len(message_id) + 1]) == (
+            if self._counts[i] and _read(self._ids, off, len(message_id) + 1) == (
                 message_id + b"\0"
             ):
                 return i
@@ -78,8 +76,7 @@ class KillRecord:
             if i < 0:
                 i = self._next.value
                 self._next.value = (i + 1) % KILL_RECORDS
-                off = i * SLOT_BYTES
-                self._ids[off : off + len(key) + 1] = key + b"\0"
+                _write(self._ids, i * SLOT_BYTES, key + b"\0")
                 self._counts[i] = 0
             self._counts[i] += 1
             return int(self._counts[i])
@@ -90,3 +87,11 @@ class KillRecord:
         with self._mutex:
             i = self._find(key)
             return int(self._counts[i]) if i >= 0 else 0
+
+
+def _write(buf: ctypes.Array[ctypes.c_char], offset: int, data: bytes) -> None:
+    ctypes.memmove(ctypes.addressof(buf) + offset, data, len(data))
+
+
+def _read(buf: ctypes.Array[ctypes.c_char], offset: int, size: int) -> bytes:
+    return ctypes.string_at(ctypes.addressof(buf) + offset, size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -107,7 +108,7 @@ class Supervisor:
         code = 1
         try:
             code = child.run()
-        except BaseException as exc:  # noqa: BLE001 - report, then die; the pool restarts us
+        except BaseException as exc:
             log.exception("worker.child_crashed", child=index, error=str(exc))
         finally:
             sys.stdout.flush()
@@ -118,10 +119,8 @@ class Supervisor:
         sentinels: list[int] = [p.sentinel for p in self._children.values()]
         ready = multiprocessing.connection.wait([wake_r, *sentinels], timeout)
         if wake_r in ready:
-            try:
+            with contextlib.suppress(BlockingIOError):
                 os.read(wake_r, 4096)
-            except BlockingIOError:
-                pass
 
     def _reap(self, restart: bool) -> None:
         for index, process in list(self._children.items()):
@@ -170,10 +169,8 @@ class Supervisor:
     def _kill_all(self) -> None:
         for process in self._children.values():
             if process.pid is not None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
         for process in self._children.values():
             process.join()
         self._children.clear()

@@ -1,0 +1,1 @@
+"""Test support: broker access, worker processes, ledgers, waiting without guessing."""
