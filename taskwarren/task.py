@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -89,15 +90,22 @@ def _delay_from(delay: float | timedelta | None, eta: datetime | None) -> float:
 
 def _argument_model(fn: Callable[..., Any], name: str) -> type[BaseModel]:
     fields: dict[str, Any] = {}
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except NameError as exc:
+        raise ConfigurationError(
+            f"task {name!r}: cannot resolve an argument annotation ({exc}); define the types "
+            "it uses at module level"
+        ) from None
     for param in inspect.signature(fn).parameters.values():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise ConfigurationError(
                 f"task {name!r}: *args and **kwargs cannot be validated; name every argument"
             )
-        annotation = Any if param.annotation is inspect.Parameter.empty else param.annotation
+        annotation = hints.get(param.name, Any)
         default = ... if param.default is inspect.Parameter.empty else param.default
         fields[param.name] = (annotation, default)
-    model_name = "".join(part.title() for part in name.replace(".", "_").split("_")) + "Args"
+    model_name = "".join(part.title() for part in fn.__name__.split("_")) + "Args"
     model: type[BaseModel] = create_model(
         model_name, __config__=ConfigDict(extra="forbid"), **fields
     )

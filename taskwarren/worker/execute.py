@@ -38,12 +38,14 @@ class Result:
         outcome: ``succeeded``, ``retried``, ``dead_lettered`` or ``rejected``.
         duration_s: time spent in the task function (0 if it never ran).
         task: the task's name, when known.
+        error: the exception that failed it, if any.
     """
 
     action: Action
     outcome: str
     duration_s: float = 0.0
     task: str = ""
+    error: BaseException | None = None
 
 
 def dead_letter(delivery: Delivery, error_type: str, error: str, tb: str = "",
@@ -122,7 +124,7 @@ class Executor:
             bound.error("message.rejected", task=delivery.envelope.task,
                         error_type=type(exc).__name__, error=str(exc))
             return Result(dead_letter(delivery, type(exc).__name__, str(exc), reason=str(exc)),
-                          "rejected", task=delivery.envelope.task)
+                          "rejected", task=delivery.envelope.task, error=exc)
         if on_start is not None:
             on_start(task)
         started = time.perf_counter()
@@ -133,5 +135,5 @@ class Executor:
             action, outcome = failure_action(delivery, task, exc, traceback.format_exc())
             bound.warning(f"task.{outcome}", task=task.name, duration_s=round(duration, 6),
                           error_type=type(exc).__name__, error=str(exc))
-            return Result(action, outcome, duration, task.name)
+            return Result(action, outcome, duration, task.name, exc)
         return Result(ACK, "succeeded", time.perf_counter() - started, task.name)

@@ -1,0 +1,30 @@
+# Developer tasks. `make test` is what CI runs (after .ci/run makes sure RabbitMQ is up).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: install lint typecheck test all demo clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+lint: install
+	$(PY) -m ruff check taskwarren workers tests benchmarks
+
+typecheck: install
+	$(PY) -m mypy --strict taskwarren
+
+test: lint typecheck
+	$(PY) -m pytest
+
+all: test
+
+demo: install
+	$(VENV)/bin/taskwarren demo
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
