@@ -68,6 +68,14 @@ def queue_counts(queue: str, url: str | None = None) -> tuple[int, int]:
         return messages, consumers
 
 
+def consumer_count(queue: str, url: str | None = None) -> int:
+    """Consumers of ``queue``; 0 while it does not exist yet."""
+    try:
+        return queue_counts(queue, url)[1]
+    except amqp.exceptions.NotFound:
+        return 0
+
+
 def delete_queues(*queues: str, url: str | None = None) -> None:
     """Delete ``queues`` and their dead-letter queues (best effort)."""
     try:

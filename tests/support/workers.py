@@ -26,7 +26,7 @@ def wait_until(predicate: Callable[[], object], timeout: float = 30.0,
 
 
 class Ledger:
-    """Lines ``event n pid`` appended by test tasks (O_APPEND, one write per line)."""
+    """Lines ``event n pid time`` appended by test tasks (O_APPEND, one write per line)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -38,8 +38,17 @@ class Ledger:
     def events(self) -> list[tuple[str, int, int]]:
         out = []
         for line in self.path.read_text().splitlines():
-            event, n, pid = line.split()
+            event, n, pid, _ = line.split()
             out.append((event, int(n), int(pid)))
+        return out
+
+    def times(self, event: str, n: int) -> list[float]:
+        """Wall-clock times at which task ``n`` recorded ``event``."""
+        out = []
+        for line in self.path.read_text().splitlines():
+            e, m, _, t = line.split()
+            if e == event and int(m) == n:
+                out.append(float(t))
         return out
 
     def count(self, event: str) -> Counter[int]:
