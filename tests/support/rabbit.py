@@ -128,6 +128,14 @@ class PrivateRabbit:
         plugins = os.path.join(self.base, "enabled_plugins")
         with open(plugins, "w") as f:
             f.write("[].\n")
+        # Our own config and env files: the machine's may pin the shared node's port.
+        config = os.path.join(self.base, "rabbitmq.conf")
+        with open(config, "w") as f:
+            f.write(f"listeners.tcp.local = 127.0.0.1:{self.port}\n"
+                    "loopback_users = none\n")
+        env_file = os.path.join(self.base, "rabbitmq-env.conf")
+        with open(env_file, "w") as f:
+            f.write("ERL_EPMD_ADDRESS=127.0.0.1\n")
         self.env.update({
             "RABBITMQ_NODENAME": self.name,
             "RABBITMQ_NODE_PORT": str(self.port),
@@ -136,6 +144,8 @@ class PrivateRabbit:
             "RABBITMQ_LOG_BASE": os.path.join(self.base, "log"),
             "RABBITMQ_PID_FILE": os.path.join(self.base, "node.pid"),
             "RABBITMQ_ENABLED_PLUGINS_FILE": plugins,
+            "RABBITMQ_CONFIG_FILE": config,
+            "RABBITMQ_CONF_ENV_FILE": env_file,
         })
         for sub in ("mnesia", "log"):
             os.makedirs(os.path.join(self.base, sub), exist_ok=True)
@@ -150,22 +160,23 @@ class PrivateRabbit:
         subprocess.run(["rabbitmqctl", "-n", self.name, *args], env=self.env, check=True,
                        capture_output=True, timeout=timeout)
 
-    def _as_rabbitmq(self, argv: list[str]) -> list[str]:
-        if os.geteuid() == 0 and shutil.which("runuser"):
-            return ["runuser", "-u", "rabbitmq", "--", *argv]
-        return argv
-
     def start(self) -> None:
         """Start the node and wait until it serves AMQP."""
-        subprocess.run(self._as_rabbitmq(["env", *[f"{k}={v}" for k, v in self.env.items()
-                                                     if k.startswith("RABBITMQ_")],
-                                          "rabbitmq-server", "-detached"]),
-                       env=self.env, check=True, timeout=30)
+        # As root, Debian's wrapper switches to the rabbitmq user and keeps RABBITMQ_*.
+        subprocess.run(["rabbitmq-server", "-detached"], env=self.env, check=True, timeout=30)
         self.await_startup()
 
     def await_startup(self) -> None:
-        self._ctl("await_startup", "--timeout", "60", timeout=90)
-        deadline = time.monotonic() + 30
+        """Wait until the node serves AMQP (``await_startup`` fails while the VM boots)."""
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                self._ctl("await_startup", "--timeout", "60", timeout=90)
+                break
+            except subprocess.CalledProcessError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):

@@ -1,0 +1,1 @@
+"""Unit tests of the email analysis pipeline (workers/email_analysis)."""
