@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import time
@@ -67,7 +68,7 @@ def test_retries_go_through_the_delay_path_again_and_again_until_the_task_succee
     wait_until(lambda: ledger.count("end")[1] == 1, 30, what="success on the 4th attempt")
     times = ledger.times("start", 1)
     assert len(times) == 4
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(0.95 <= g < 2.5 for g in gaps), gaps
     assert queue_counts(queue + ".dead")[0] == 0
     assert task_id

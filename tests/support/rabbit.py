@@ -10,7 +10,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import amqp
@@ -49,10 +49,8 @@ def connection(url: str | None = None) -> Iterator[Any]:
     try:
         yield conn
     finally:
-        try:
+        with suppress(Exception):
             conn.close()
-        except Exception:  # noqa: BLE001 - best effort in tests
-            pass
 
 
 def unique_queue(prefix: str = "twtest") -> str:
@@ -86,7 +84,7 @@ def delete_queues(*queues: str, url: str | None = None) -> None:
                     try:
                         ch.queue_delete(name)
                         ch.close()
-                    except Exception:  # noqa: BLE001 - already gone
+                    except Exception:
                         pass
     except OSError:
         pass
@@ -204,8 +202,6 @@ class PrivateRabbit:
 
     def stop(self) -> None:
         """Stop the node and remove its data."""
-        try:
+        with suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
             self._ctl("stop", timeout=60)
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
-            pass
         shutil.rmtree(self.base, ignore_errors=True)
