@@ -12,7 +12,7 @@ import select
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -114,6 +114,49 @@ def parse_urls(url: str) -> list[Endpoint]:
 
 
 Confirmation = Callable[[str | None], None]
+
+#: Bytes gathered before a corked connection writes them out.
+CORK_BYTES = 128 * 1024
+
+
+@contextlib.contextmanager
+def corked(conn: Any) -> Iterator[Callable[[], None]]:
+    """Gather the frames written inside the block into few large writes.
+
+    py-amqp writes every message with its own ``sendall``; a batch of publishes (or of
+    acks) costs one system call per message. Inside this block writes are buffered and
+    go out when :data:`CORK_BYTES` gather, when the yielded ``flush`` is called (do so
+    before waiting for an answer), and at the end. Plain TCP only; TLS writes directly.
+    """
+    transport = getattr(conn, "transport", None)
+    real = getattr(transport, "_write", None)
+    if real is None or type(transport).__name__ != "TCPTransport":
+        yield lambda: None
+        return
+    chunks: list[bytes] = []
+    pending = 0
+
+    def flush() -> None:
+        nonlocal pending
+        if chunks:
+            data = b"".join(chunks)
+            chunks.clear()
+            pending = 0
+            real(data)
+
+    def buffered(data: Any) -> None:
+        nonlocal pending
+        chunks.append(bytes(data))  # py-amqp hands a view of a buffer it reuses
+        pending += len(data)
+        if pending >= CORK_BYTES:
+            flush()
+
+    transport._write = buffered  # type: ignore[union-attr]
+    try:
+        yield flush
+    finally:
+        transport._write = real  # type: ignore[union-attr]
+        flush()
 
 
 class _Link:
@@ -450,10 +493,13 @@ class RabbitMQBroker(Broker):
             return done
 
         self._wait_unblocked(link, deadline)
-        for envelope in list(todo.values()):
-            link.publish(exchange, routing_key, envelope, confirmed(envelope.message_id))
-            while link.unconfirmed >= CONFIRM_WINDOW:
-                self._wait(link, deadline)
+        with corked(link.conn) as flush:
+            for envelope in list(todo.values()):
+                link.publish(exchange, routing_key, envelope, confirmed(envelope.message_id))
+                if link.unconfirmed >= CONFIRM_WINDOW:
+                    flush()
+                    while link.unconfirmed >= CONFIRM_WINDOW // 2:
+                        self._wait(link, deadline)
         while link.unconfirmed:
             self._wait(link, deadline)
         if failures:

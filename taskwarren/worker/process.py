@@ -109,8 +109,9 @@ class WorkerChild:
     # -- signals ----------------------------------------------------------------------
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if self._stopping:
-            os._exit(1)  # second signal: leave now; the broker redelivers what was open
+        # Every SIGTERM means "stop gracefully": a signal sent to the whole process group
+        # reaches a child twice (directly and forwarded by the supervisor). Leaving at
+        # once on a second signal is the supervisor's call: it SIGKILLs its children.
         self._stopping = True
         if self._consumer is not None:
             self._consumer.wakeup()

@@ -129,7 +129,7 @@ class Supervisor:
             process.join()
             code = process.exitcode
             del self._children[index]
-            if code not in (0, EXIT_REPLACE):
+            if code not in (0, EXIT_REPLACE) and not self._signals:
                 for message_id in self.slots.running(index):
                     kills = self.kills.add(message_id)
                     log.error("worker.child_killed_by_message", task_id=message_id, kills=kills)

@@ -309,3 +309,20 @@ def test_an_idle_producer_past_the_heartbeat_timeout_still_sends(
     noop.send(2)
     assert queue_counts(queue)[0] == 2
     app.close()
+
+
+def test_a_sigterm_to_the_whole_process_group_still_lets_running_tasks_finish(
+    queue: str, ledger: Ledger, rabbit_url: str, tmp_path: Path
+) -> None:
+    twtasks.work.options(queue=queue).send_many(
+        [{"n": i, "ledger": str(ledger), "sleep_s": 1.5} for i in range(2)])
+    pool = Pool(MODULE, [queue], rabbit_url, concurrency=2, log_path=tmp_path / "w.log")
+    try:
+        wait_until(lambda: len(ledger.count("start")) == 2, 30, what="both tasks running")
+        os.killpg(pool.pid, signal.SIGTERM)  # as systemd's KillMode=control-group does
+        assert pool.proc.wait(30) == 0
+    finally:
+        pool.kill()
+    assert ledger.count("end") == {0: 1, 1: 1}
+    assert "child_killed_by_message" not in pool.log_text()
+    assert queue_counts(queue)[0] == 0
