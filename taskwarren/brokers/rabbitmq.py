@@ -69,6 +69,8 @@ _LINK_ERRORS: tuple[type[BaseException], ...] = (
 )
 #: Unconfirmed messages allowed in flight during ``send_many``.
 CONFIRM_WINDOW = 1000
+#: Settled deliveries that make a sleeping I/O thread send their (coalesced) ack.
+ACK_BATCH = 16
 #: First and largest reconnect backoff, in seconds (full jitter in between).
 RECONNECT_FIRST_S = 0.1
 RECONNECT_MAX_S = 5.0
@@ -740,8 +742,11 @@ class RabbitMQConsumer(Consumer):
                 return
 
     def settle(self, delivery: Delivery, action: Action) -> None:
-        self._settle_q.append((delivery, action))
-        if self._sleeping and not isinstance(action, Ack):
+        queue = self._settle_q
+        queue.append((delivery, action))
+        # Wake the I/O thread for a republish at once, and for acks once a batch has
+        # gathered: the broker refills the prefetch window while tasks keep running.
+        if self._sleeping and (len(queue) >= ACK_BATCH or not isinstance(action, Ack)):
             self.wakeup()
 
     def wakeup(self) -> None:
