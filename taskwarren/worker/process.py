@@ -16,7 +16,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -75,6 +75,8 @@ class WorkerChild:
         slots: shared record of running messages.
         kills: shared record of messages that killed processes.
         grace_s: how long running tasks may finish after a stop signal.
+        on_signals_ready: called once this child's signal handlers are installed
+            (the supervisor unblocks stop signals there).
     """
 
     def __init__(
@@ -87,8 +89,10 @@ class WorkerChild:
         slots: RunningSlots,
         kills: KillRecord,
         grace_s: float,
+        on_signals_ready: Callable[[], object] | None = None,
     ) -> None:
         self.app = app
+        self.on_signals_ready = on_signals_ready
         self.queues = list(queues)
         self.index = index
         self.threads = threads
@@ -122,6 +126,8 @@ class WorkerChild:
         """Consume until stopped; returns the process exit code."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor forwards SIGTERM
+        if self.on_signals_ready is not None:
+            self.on_signals_ready()
         consumer = self._consumer = self.app.broker.consumer()
         for name, state in self._queues.items():
             consumer.consume(name, state.prefetch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -24,6 +25,8 @@ log = structlog.get_logger("taskwarren.worker")
 QUICK_DEATH_S = 1.0
 #: Longest pause before restarting a child that keeps dying at once.
 RESTART_PAUSE_MAX_S = 10.0
+#: Signals that stop the pool.
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 #: Extra seconds after the grace period before stragglers are killed.
 STOP_MARGIN_S = 5.0
 
@@ -95,16 +98,25 @@ class Supervisor:
     def _spawn(self, index: int) -> None:
         process = self._ctx.Process(target=self._child_main, args=(index,),
                                     name=f"taskwarren-child-{index}")
-        process.start()
+        # Stop signals stay blocked across the fork until the child has its own handlers:
+        # one arriving in between is then delivered to the child's handler, not lost.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         self._children[index] = process
         self._started_at[index] = time.monotonic()
 
     def _child_main(self, index: int) -> None:
         signal.set_wakeup_fd(-1)
+        child_signals_ready = functools.partial(
+            signal.pthread_sigmask, signal.SIG_UNBLOCK, STOP_SIGNALS)
         if self.on_child_start is not None:
             self.on_child_start(index)
         child = WorkerChild(self.app, self.queues, index, self.threads, self.prefetch,
-                            self.slots, self.kills, self.grace_s)
+                            self.slots, self.kills, self.grace_s,
+                            on_signals_ready=child_signals_ready)
         code = 1
         try:
             code = child.run()
@@ -143,7 +155,8 @@ class Supervisor:
             self._quick_deaths[index] = quick
             if quick > 1:
                 time.sleep(min(RESTART_PAUSE_MAX_S, 0.1 * 2 ** quick))
-            self._spawn(index)
+            if not self._signals:  # a stop may have arrived during the pause
+                self._spawn(index)
 
     def _stop(self, wake_r: int) -> int:
         log.info("worker.pool_stopping", grace_s=self.grace_s)
