@@ -16,8 +16,12 @@ OURS = "mx.taskwarren.test"
 
 def test_a_pass_from_the_trusted_mx_gives_pass_verdicts() -> None:
     verdicts = evaluate_auth(
-        [f"{OURS}; spf=pass smtp.mailfrom=example.com; dkim=pass header.d=example.com;"
-         " dmarc=pass header.from=example.com"]
+        [
+            (
+                f"{OURS}; spf=pass smtp.mailfrom=example.com; dkim=pass header.d=example.com;"
+                " dmarc=pass header.from=example.com"
+            )
+        ]
     )
 
     assert (verdicts.spf, verdicts.dkim, verdicts.dmarc) == ("pass", "pass", "pass")

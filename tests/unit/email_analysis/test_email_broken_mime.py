@@ -10,6 +10,7 @@ from workers.email_analysis.analysis import Analysis, analyse
 
 from .helpers import NOW, b64, mail
 
+
 def _strings(value: object) -> list[str]:
     if isinstance(value, str):
         return [value]
@@ -154,12 +155,14 @@ def test_bytes_that_do_not_fit_the_declared_charset_are_a_defect() -> None:
         b"From: <<<@@@>>>\nTo: ,,,;;;\nSubject: =?x-bogus?B?!!!?=\n\nbody\n",
         b"From: J\xf6rg <j@example.de>\nSubject: 8-bit \xe4\xf6\xfc in a header\n\nhi\n",
         b"Content-Type: text\nContent-Transfer-Encoding: base64\n\n@@@@\n",
-        b"Content-Type: multipart/mixed; boundary=\"a\"\n\n--a\nContent-Type: multipart/mixed;"
-        b' boundary="b"\n\n--b\n',
+        (
+            b'Content-Type: multipart/mixed; boundary="a"\n\n--a\nContent-Type: multipart/mixed;'
+            b' boundary="b"\n\n--b\n'
+        ),
         b"Content-Type: message/rfc822\n\nFrom: inner@example.com\n\nnested\n",
-        b"Content-Type: text/html; charset=utf-8\n\n<a href=\"http://[::1\">x</a><a href=",
+        b'Content-Type: text/html; charset=utf-8\n\n<a href="http://[::1">x</a><a href=',
         b"From: a@example.com\nSubject: nul \x00 in header\n\nnul \x00 in body\n",
-        b"Content-Type: multipart/mixed; boundary=\"z\"\n\n"
+        b'Content-Type: multipart/mixed; boundary="z"\n\n'
         + b"".join(b"--z\nContent-Type: text/plain\n\nx\n" for _ in range(600))
         + b"--z--\n",
     ],

@@ -21,6 +21,32 @@ def test_the_sender_address_and_domain_come_from_the_from_header() -> None:
     assert result.sender_domain == "shop.example"
 
 
+def test_an_unquoted_display_name_with_a_dot_is_read_without_a_defect() -> None:
+    result = analyse(mail("From: J. Smith <j@example.com>\n\nhi\n"), now=NOW)
+
+    assert result.sender == "j@example.com"
+    assert result.broken is False
+
+
+def test_raw_utf8_headers_as_rfc_6532_allows_are_decoded_and_not_broken() -> None:
+    raw = "From: Zoë <zoë@bücher.example>\nSubject: Grüße\n\nhallo\n".encode()
+
+    result = analyse(raw, now=NOW)
+
+    assert result.sender == "zoë@bücher.example"
+    assert result.sender_domain == "xn--bcher-kva.example"
+    assert result.subject == "Grüße"
+    assert result.broken is False
+
+
+def test_a_sender_is_still_found_in_a_mangled_from_header() -> None:
+    result = analyse(mail('From: "unterminated <a@b.example>\n\nhi\n'), now=NOW)
+
+    assert result.sender_domain == "b.example"
+    assert result.broken is True
+    assert any(d.startswith("header from: InvalidHeaderDefect") for d in result.defects)
+
+
 def test_urls_come_from_html_links_and_plain_text_with_their_domains() -> None:
     raw = mail(
         """
@@ -164,7 +190,7 @@ def test_a_non_ascii_filename_in_rfc_2231_form_is_decoded() -> None:
 @pytest.mark.parametrize(
     ("subject", "charset"),
     [
-        ("Grüße aus Köln – 10 €", "utf-8"),
+        ("Grüße aus Köln - 10 €", "utf-8"),
         ("Réunion déplacée à jeudi", "iso-8859-1"),
         ("請求書のご案内", "shift_jis"),
     ],
@@ -203,18 +229,48 @@ def test_a_latin1_quoted_printable_subject_split_over_two_words_is_joined() -> N
 @pytest.mark.parametrize(
     ("text", "charset", "language"),
     [
-        ("Please find the report for this month, and let us know if you have questions "
-         "about the figures.", "us-ascii", "en"),
-        ("Bitte prüfen Sie den Bericht und geben Sie uns bis Freitag eine Rückmeldung, "
-         "wir danken Ihnen für die gute Zusammenarbeit.", "iso-8859-1", "de"),
-        ("Nous vous remercions pour votre confiance et restons à votre disposition pour "
-         "toute question.", "iso-8859-1", "fr"),
-        ("Su pedido ya está en camino y llegará en tres días, gracias por su paciencia "
-         "con la migración.", "utf-8", "es"),
-        ("いつもお世話になっております。今月の書類をお送りしますので、ご確認ください。",
-         "shift_jis", "ja"),
-        ("Направляем вам документы за текущий месяц. Пожалуйста, пришлите замечания.",
-         "koi8-r", "ru"),
+        (
+            (
+                "Please find the report for this month, and let us know if you have questions "
+                "about the figures."
+            ),
+            "us-ascii",
+            "en",
+        ),
+        (
+            (
+                "Bitte prüfen Sie den Bericht und geben Sie uns bis Freitag eine Rückmeldung, "
+                "wir danken Ihnen für die gute Zusammenarbeit."
+            ),
+            "iso-8859-1",
+            "de",
+        ),
+        (
+            (
+                "Nous vous remercions pour votre confiance et restons à votre disposition pour "
+                "toute question."
+            ),
+            "iso-8859-1",
+            "fr",
+        ),
+        (
+            (
+                "Su pedido ya está en camino y llegará en tres días, gracias por su paciencia "
+                "con la migración."
+            ),
+            "utf-8",
+            "es",
+        ),
+        (
+            "いつもお世話になっております。今月の書類をお送りしますので、ご確認ください。",
+            "shift_jis",
+            "ja",
+        ),
+        (
+            "Направляем вам документы за текущий месяц. Пожалуйста, пришлите замечания.",
+            "koi8-r",
+            "ru",
+        ),
     ],
 )
 def test_the_charset_and_language_hint_come_from_the_body(

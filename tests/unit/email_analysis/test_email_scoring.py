@@ -72,7 +72,12 @@ def test_dmarc_fail_adds_thirty_points_with_its_reason() -> None:
                 "double file extension (invoice.pdf.exe) +15",
             ],
         ),
-        ("photos.zip", "application/zip", b"PK\x03\x04" + bytes(30), ["archive attachment (photos.zip) +10"]),
+        (
+            "photos.zip",
+            "application/zip",
+            b"PK\x03\x04" + bytes(30),
+            ["archive attachment (photos.zip) +10"],
+        ),
         (
             "remittance.docm",
             "application/vnd.ms-word.document.macroEnabled.12",
@@ -122,9 +127,7 @@ def test_suspicious_urls_add_points_once_per_kind() -> None:
 
 
 def test_a_reply_to_on_another_domain_adds_points() -> None:
-    raw = mail(
-        f"{TRUSTED_PASS}\nFrom: a@bank.example\nReply-To: help@desk.test\n\nhello\n"
-    )
+    raw = mail(f"{TRUSTED_PASS}\nFrom: a@bank.example\nReply-To: help@desk.test\n\nhello\n")
 
     assert analyse(raw, now=NOW).reasons == [
         "Reply-To domain desk.test differs from sender bank.example +5"

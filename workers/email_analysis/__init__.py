@@ -1,0 +1,12 @@
+"""Out-of-band analysis of incoming email, run as taskwarren tasks.
+
+The pieces, from the bottom up:
+
+* :mod:`.analysis` parses one RFC 5322 message and scores it (pure functions,
+  no queue involved, never raises on bad mail);
+* :mod:`.files` reads a message file from a Maildir, refusing what cannot be read;
+* :mod:`.store` upserts results by Message-ID into SQLite or PostgreSQL;
+* :mod:`.tasks` wires the above into the ``email.ingest`` and ``email.store`` queues;
+* :mod:`.generate` writes deterministic, realistic (and sometimes broken) test mail;
+* :mod:`.demo` runs the whole pipeline end to end and reports throughput.
+"""
