@@ -6,7 +6,11 @@ import dataclasses
 import importlib
 import json
 import os
+import shutil
 import sys
+import tempfile
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,16 +75,53 @@ def main(log_format: str, log_level: str) -> None:
               help="Pin the per-consumer prefetch (default: adapts to task durations).")
 @click.option("--url", default=None, help="Broker URL (default: TASKWARREN_URL).")
 @click.option("--grace", type=float, default=None, help="Seconds running tasks get on stop.")
+@click.option("--metrics-port", type=int, default=None,
+              help="Serve Prometheus /metrics and /healthz for the whole pool on this port.")
 def worker(modules: tuple[str, ...], concurrency: int | None, queues: str | None,
-           threads: int, prefetch: int | None, url: str | None, grace: float | None) -> None:
+           threads: int, prefetch: int | None, url: str | None, grace: float | None,
+           metrics_port: int | None) -> None:
     """Run a pool of worker processes for the tasks in MODULES."""
+    from taskwarren.middleware import Chain, Middleware
     from taskwarren.worker.supervisor import Supervisor
 
+    metrics_dir = None
+    if metrics_port is not None:
+        # Before anything imports prometheus_client: it picks its storage at import.
+        metrics_dir = tempfile.mkdtemp(prefix="taskwarren-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     app = load_app(modules, url)
     chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else app.queues()
+    middleware: list[Middleware] = []
+    if metrics_port is not None:
+        from taskwarren.middleware.metrics import PrometheusMetrics
+
+        middleware.append(PrometheusMetrics())
     pool = Supervisor(app, chosen, concurrency or os.cpu_count() or 1, threads,
-                      prefetch or app.settings.prefetch, grace)
-    sys.exit(pool.run())
+                      prefetch or app.settings.prefetch, grace, middleware=Chain(middleware),
+                      metrics_port=metrics_port)
+    try:
+        code = pool.run()
+    finally:
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    sys.exit(code)
+
+
+@main.command()
+@click.option("--port", type=int, default=9808, show_default=True,
+              help="The pool's --metrics-port.")
+@click.option("--timeout", type=float, default=5.0, show_default=True)
+def health(port: int, timeout: float) -> None:
+    """Exit 0 if the local worker pool answers and every child is responsive."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=timeout) as r:
+            click.echo(r.read().decode())
+    except urllib.error.HTTPError as exc:
+        click.echo(exc.read().decode(), err=True)
+        sys.exit(1)
+    except OSError as exc:
+        click.echo(f"no worker pool answers on port {port}: {exc}", err=True)
+        sys.exit(1)
 
 
 @main.command()

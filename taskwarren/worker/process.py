@@ -26,9 +26,10 @@ import structlog
 from taskwarren.app import Warren
 from taskwarren.brokers.base import REQUEUE, Consumer, Delivery
 from taskwarren.errors import SoftTimeLimitExceeded, TimeLimitExceeded
+from taskwarren.middleware import Chain, Middleware
 from taskwarren.task import Task
 from taskwarren.worker.execute import Executor, dead_letter, failure_action
-from taskwarren.worker.shared import KillRecord, RunningSlots
+from taskwarren.worker.shared import Heartbeats, KillRecord, RunningSlots
 
 log = structlog.get_logger("taskwarren.worker")
 
@@ -77,6 +78,8 @@ class WorkerChild:
         grace_s: how long running tasks may finish after a stop signal.
         on_signals_ready: called once this child's signal handlers are installed
             (the supervisor unblocks stop signals there).
+        middleware: hooks around each task (metrics, for instance).
+        heartbeats: where the I/O loop records that it is alive, for health checks.
     """
 
     def __init__(
@@ -90,8 +93,12 @@ class WorkerChild:
         kills: KillRecord,
         grace_s: float,
         on_signals_ready: Callable[[], object] | None = None,
+        middleware: Middleware | None = None,
+        heartbeats: Heartbeats | None = None,
     ) -> None:
         self.app = app
+        self.middleware = middleware or Chain()
+        self.heartbeats = heartbeats
         self.on_signals_ready = on_signals_ready
         self.queues = list(queues)
         self.index = index
@@ -137,9 +144,16 @@ class WorkerChild:
             worker.start()
             self._workers.append(worker)
         log.info("worker.child_started", child=self.index, pid=os.getpid(), queues=self.queues)
+        reconnects = 0
         while not self._stopping and not self._replace:
             for delivery in consumer.poll(self._timeout()):
                 self._inbox.put(delivery)
+            if self.heartbeats is not None:
+                self.heartbeats.beat(self.index, time.monotonic())
+            lost = getattr(consumer, "reconnects", 0)
+            if lost != reconnects:
+                reconnects = lost
+                self.middleware.reconnected()
             self._enforce_limits()
             if self.pinned_prefetch is None:
                 self._adapt_prefetch()
@@ -194,7 +208,11 @@ class WorkerChild:
             with self._lock:
                 self._running[ident] = run
             self.slots.set(self.index, thread_index, delivery.envelope.message_id)
+            task_name = delivery.envelope.task
+            self.middleware.before_process(delivery.queue, task_name)
             result = self.executor.run(delivery, functools.partial(self._started, run))
+            self.middleware.after_process(delivery.queue, task_name, result.outcome,
+                                          result.duration_s, delivery.redelivered)
             self.slots.clear(self.index, thread_index)
             with self._lock:
                 del self._running[ident]

@@ -50,6 +50,25 @@ class RunningSlots:
             self.clear(child, thread)
 
 
+class Heartbeats:
+    """When each child's I/O thread last went round its loop (monotonic seconds)."""
+
+    def __init__(self, children: int) -> None:
+        self._times = multiprocessing.RawArray(ctypes.c_double, children)
+
+    def beat(self, child: int, now: float) -> None:
+        """Record that ``child`` is alive at ``now``."""
+        self._times[child] = now
+
+    def ages(self, now: float) -> list[float]:
+        """Seconds since each child's last beat (infinite if it never beat)."""
+        return [now - t if t else float("inf") for t in self._times]
+
+    def clear(self, child: int) -> None:
+        """Forget ``child``'s beat (it is being replaced)."""
+        self._times[child] = 0.0
+
+
 class KillRecord:
     """How many worker processes each message has killed (a small shared ring)."""
 

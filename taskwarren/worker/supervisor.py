@@ -12,12 +12,15 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import Any
 
 import structlog
 
 from taskwarren.app import Warren
+from taskwarren.middleware import Chain, Middleware
+from taskwarren.worker.monitor import Monitor, pool_health
 from taskwarren.worker.process import EXIT_REPLACE, WorkerChild
-from taskwarren.worker.shared import KillRecord, RunningSlots
+from taskwarren.worker.shared import Heartbeats, KillRecord, RunningSlots
 
 log = structlog.get_logger("taskwarren.worker")
 
@@ -41,8 +44,9 @@ class Supervisor:
         threads: executor threads per child.
         prefetch: pinned prefetch, or ``None`` to adapt.
         grace_s: time running tasks get to finish after a stop signal.
-        on_child_start: called in each new child before it consumes (e.g. to reset
-            metrics state).
+        on_child_start: called in each new child before it consumes.
+        middleware: hooks run in the children (and ``child_restarted`` here).
+        metrics_port: serve ``/metrics`` and ``/healthz`` on this port.
     """
 
     def __init__(
@@ -54,6 +58,8 @@ class Supervisor:
         prefetch: int | None = None,
         grace_s: float | None = None,
         on_child_start: Callable[[int], None] | None = None,
+        middleware: Middleware | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         self.app = app
         self.queues = list(queues)
@@ -62,6 +68,10 @@ class Supervisor:
         self.prefetch = prefetch
         self.grace_s = app.settings.grace_s if grace_s is None else grace_s
         self.on_child_start = on_child_start
+        self.middleware = middleware or Chain()
+        self.metrics_port = metrics_port
+        self.monitor: Monitor | None = None
+        self.heartbeats = Heartbeats(concurrency)
         self.slots = RunningSlots(concurrency, threads)
         self.kills = KillRecord()
         self.restarts = 0
@@ -83,6 +93,10 @@ class Supervisor:
             signal.signal(signum, self._on_signal)
         log.info("worker.pool_started", pid=os.getpid(), concurrency=self.concurrency,
                  threads=self.threads, queues=self.queues, broker=self.app.broker_location)
+        if self.metrics_port is not None:
+            self.monitor = Monitor(self.metrics_port, self._health)
+            self.monitor.start()
+            log.info("worker.monitor_started", port=self.monitor.port)
         try:
             for index in range(self.concurrency):
                 self._spawn(index)
@@ -91,6 +105,8 @@ class Supervisor:
                 self._reap(restart=True)
             return self._stop(wake_r)
         finally:
+            if self.monitor is not None:
+                self.monitor.stop()
             signal.set_wakeup_fd(previous_fd)
             os.close(wake_r)
             os.close(wake_w)
@@ -108,15 +124,22 @@ class Supervisor:
         self._children[index] = process
         self._started_at[index] = time.monotonic()
 
+    def _health(self) -> tuple[bool, dict[str, Any]]:
+        return pool_health(self.heartbeats.ages(time.monotonic()), self.concurrency)
+
     def _child_main(self, index: int) -> None:
         signal.set_wakeup_fd(-1)
+        if self.monitor is not None:
+            self.monitor.close_in_child()
         child_signals_ready = functools.partial(
             signal.pthread_sigmask, signal.SIG_UNBLOCK, STOP_SIGNALS)
         if self.on_child_start is not None:
             self.on_child_start(index)
+        self.middleware.child_started(index)
         child = WorkerChild(self.app, self.queues, index, self.threads, self.prefetch,
                             self.slots, self.kills, self.grace_s,
-                            on_signals_ready=child_signals_ready)
+                            on_signals_ready=child_signals_ready,
+                            middleware=self.middleware, heartbeats=self.heartbeats)
         code = 1
         try:
             code = child.run()
@@ -146,9 +169,15 @@ class Supervisor:
                     kills = self.kills.add(message_id)
                     log.error("worker.child_killed_by_message", task_id=message_id, kills=kills)
             self.slots.clear_child(index)
+            self.heartbeats.clear(index)
+            if process.pid is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
             if not restart or self._signals:
                 continue
             self.restarts += 1
+            self.middleware.child_restarted()
             log.warning("worker.child_restarting", child=index, exitcode=code)
             lived = time.monotonic() - self._started_at.get(index, 0.0)
             quick = self._quick_deaths.get(index, 0) + 1 if lived < QUICK_DEATH_S else 0

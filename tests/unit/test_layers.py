@@ -12,7 +12,7 @@ PACKAGE = Path(taskwarren.__file__).parent
 #: Lower number = lower layer. A module may import only its own layer or below.
 LAYERS = {
     "errors": 0, "settings": 1, "message": 1, "topology": 1, "retries": 1, "logs": 1,
-    "brokers": 2, "task": 3, "app": 4, "testing": 5, "worker": 5, "cli": 6,
+    "brokers": 2, "task": 3, "app": 4, "middleware": 4, "testing": 5, "worker": 5, "cli": 6,
     "__init__": 6, "__main__": 7,
 }
 
