@@ -20,7 +20,7 @@ from taskwarren import app as app_module
 from taskwarren.app import Warren
 from taskwarren.errors import TaskwarrenError
 from taskwarren.logs import configure
-from taskwarren.message import H_ERROR, H_ERROR_TYPE, H_FAILED_AT, H_REASON, decode_kwargs
+from taskwarren.message import H_REASON, decode_kwargs, failure_summary
 from taskwarren.settings import Settings
 
 
@@ -184,10 +184,10 @@ def dlq() -> None:
 def dlq_list(queue: str, url: str | None) -> None:
     """List QUEUE's dead letters (they stay where they are)."""
     for env in _broker_app(url).broker.dead_letters(queue):
+        error_type, error, failed_at = failure_summary(env)
         click.echo("\t".join(str(x) for x in (
-            env.message_id, env.task, env.attempt, env.headers.get(H_ERROR_TYPE, ""),
-            str(env.headers.get(H_ERROR, "")).replace("\n", " ")[:120],
-            env.headers.get(H_FAILED_AT, ""))))
+            env.message_id, env.task, env.attempt, error_type,
+            error.replace("\n", " ")[:120], failed_at)))
 
 
 @dlq.command("show")

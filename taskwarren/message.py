@@ -178,3 +178,27 @@ def failure_headers(
     if traceback_text:
         headers[H_TRACEBACK] = traceback_text[-MAX_TRACEBACK_CHARS:]
     return headers
+
+
+def failure_summary(envelope: Envelope) -> tuple[str, str, str]:
+    """(error type, error, failed at) of a dead letter, ours or the broker's.
+
+    A message the broker dead-lettered itself (a quorum queue's delivery limit, a
+    rejected message) carries no ``tw-error`` headers, only RabbitMQ's death record.
+    """
+    headers = envelope.headers
+    if H_ERROR_TYPE in headers:
+        return (str(headers[H_ERROR_TYPE]), str(headers.get(H_ERROR, "")),
+                str(headers.get(H_FAILED_AT, "")))
+    reason = str(headers.get("x-first-death-reason", ""))
+    deaths = headers.get("x-death")
+    when = ""
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        reason = reason or str(deaths[0].get("reason", ""))
+        when = str(deaths[0].get("time", ""))
+    if reason == "delivery_limit":
+        return ("DeliveryLimitExceeded",
+                "redelivered past the queue's x-delivery-limit (did it kill its worker?)", when)
+    if reason:
+        return (f"broker:{reason}", f"dead-lettered by the broker ({reason})", when)
+    return ("", "", "")

@@ -100,8 +100,16 @@ class Consumer(abc.ABC):
     """Deliveries from some queues, for one worker process."""
 
     @abc.abstractmethod
-    def consume(self, queue: str, prefetch: int) -> None:
-        """Start (or, with a new prefetch, restart) delivery from ``queue``."""
+    def consume(self, queue: str, prefetch: int, timeout_s: float | None = None) -> None:
+        """Start (or, with a new prefetch, restart) delivery from ``queue``.
+
+        Args:
+            queue: the queue.
+            prefetch: deliveries held unsettled at most.
+            timeout_s: ask the broker to allow a delivery to stay unsettled this long
+                (RabbitMQ's per-consumer ``x-consumer-timeout``, 3.12+; older brokers
+                ignore it and apply their global ``consumer_timeout``).
+        """
 
     @abc.abstractmethod
     def poll(self, timeout_s: float) -> list[Delivery]:

@@ -137,7 +137,7 @@ class MemoryConsumer(Consumer):
         self._woken = False
         self._closed = False
 
-    def consume(self, queue: str, prefetch: int) -> None:
+    def consume(self, queue: str, prefetch: int, timeout_s: float | None = None) -> None:
         with self._broker._cond:
             if queue not in self._prefetch:
                 self._broker._queue(queue).consumers += 1

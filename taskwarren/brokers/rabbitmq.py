@@ -629,6 +629,7 @@ class RabbitMQConsumer(Consumer):
         self.settings = settings
         self._link = _Link(settings, endpoints, heartbeat=True)
         self._prefetch: dict[str, int] = {}
+        self._timeouts: dict[str, float] = {}
         self._consumer_tags: dict[str, str] = {}
         self._incoming: list[Delivery] = []
         self._unacked: deque[int] = deque()
@@ -666,8 +667,10 @@ class RabbitMQConsumer(Consumer):
         if old is not None:
             ch.basic_cancel(old)
         ch.basic_qos(0, prefetch, False)  # per consumer: quorum queues refuse global QoS
+        timeout_s = self._timeouts.get(queue)
+        arguments = {"x-consumer-timeout": int(timeout_s * 1000)} if timeout_s else None
         self._consumer_tags[queue] = ch.basic_consume(
-            queue, callback=self._receiver(queue), no_ack=False
+            queue, callback=self._receiver(queue), no_ack=False, arguments=arguments
         )
 
     def _receiver(self, queue: str) -> Callable[[Any], None]:
@@ -690,7 +693,9 @@ class RabbitMQConsumer(Consumer):
 
     # -- the contract ---------------------------------------------------------------
 
-    def consume(self, queue: str, prefetch: int) -> None:
+    def consume(self, queue: str, prefetch: int, timeout_s: float | None = None) -> None:
+        if timeout_s is not None:
+            self._timeouts[queue] = timeout_s
         if self._prefetch.get(queue) == prefetch:
             return
         self._prefetch[queue] = prefetch

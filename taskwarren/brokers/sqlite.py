@@ -592,7 +592,7 @@ class SQLiteConsumer(Consumer):
 
     # -- the contract -------------------------------------------------------------------
 
-    def consume(self, queue: str, prefetch: int) -> None:
+    def consume(self, queue: str, prefetch: int, timeout_s: float | None = None) -> None:
         conn = self._db()
         self._bind()  # first: a registration without a socket would look dead
         if queue not in self._prefetch:

@@ -41,6 +41,8 @@ PREFETCH_BUFFER_S = 0.05
 PREFETCH_MAX = 100
 #: Longest the I/O thread sleeps without looking at heartbeats and time limits.
 POLL_MAX_S = 1.0
+#: Extra seconds a delivery may stay unacked beyond the longest hard time limit.
+CONSUMER_TIMEOUT_MARGIN_S = 60.0
 #: Weight of the newest duration in the per-queue moving average.
 EWMA_ALPHA = 0.2
 
@@ -62,6 +64,33 @@ class _Run:
 class _QueueState:
     prefetch: int
     avg_s: float | None = None
+
+
+def consumer_timeout_s(app: Warren) -> float | None:
+    """The per-consumer delivery timeout to ask for, if the broker's default is too short.
+
+    A task may run up to its hard time limit before its delivery is acked; the broker
+    must not give up on the delivery before that. ``None`` keeps the broker's setting.
+    """
+    limits = [t.task_options.time_limit_s for t in app.tasks.values()]
+    longest = max((limit for limit in limits if limit is not None), default=0.0)
+    wanted = longest + CONSUMER_TIMEOUT_MARGIN_S
+    return wanted if longest and wanted > app.settings.consumer_timeout_s else None
+
+
+def warn_about_long_tasks(app: Warren) -> None:
+    """Warn about tasks that may outlive the broker's consumer timeout."""
+    limit = app.settings.consumer_timeout_s
+    for task in app.tasks.values():
+        time_limit = task.task_options.time_limit_s
+        if time_limit is not None and time_limit + CONSUMER_TIMEOUT_MARGIN_S > limit:
+            log.warning(
+                "task.time_limit_above_consumer_timeout", task=task.name,
+                time_limit_s=time_limit, consumer_timeout_s=limit,
+                advice="taskwarren asks for a per-consumer x-consumer-timeout (RabbitMQ "
+                       "3.12+); on older brokers raise consumer_timeout in rabbitmq.conf "
+                       "and set TASKWARREN_CONSUMER_TIMEOUT_S to match",
+            )
 
 
 class WorkerChild:
@@ -136,8 +165,9 @@ class WorkerChild:
         if self.on_signals_ready is not None:
             self.on_signals_ready()
         consumer = self._consumer = self.app.broker.consumer()
+        timeout_s = consumer_timeout_s(self.app)
         for name, state in self._queues.items():
-            consumer.consume(name, state.prefetch)
+            consumer.consume(name, state.prefetch, timeout_s)
         for t in range(self.threads):
             worker = threading.Thread(target=self._work, args=(t,), name=f"executor-{t}",
                                       daemon=True)

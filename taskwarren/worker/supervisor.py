@@ -19,7 +19,7 @@ import structlog
 from taskwarren.app import Warren
 from taskwarren.middleware import Chain, Middleware
 from taskwarren.worker.monitor import Monitor, pool_health
-from taskwarren.worker.process import EXIT_REPLACE, WorkerChild
+from taskwarren.worker.process import EXIT_REPLACE, WorkerChild, warn_about_long_tasks
 from taskwarren.worker.shared import Heartbeats, KillRecord, RunningSlots
 
 log = structlog.get_logger("taskwarren.worker")
@@ -91,6 +91,7 @@ class Supervisor:
         previous_fd = signal.set_wakeup_fd(wake_w)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
+        warn_about_long_tasks(self.app)
         log.info("worker.pool_started", pid=os.getpid(), concurrency=self.concurrency,
                  threads=self.threads, queues=self.queues, broker=self.app.broker_location)
         if self.metrics_port is not None:

@@ -154,3 +154,21 @@ def test_a_task_can_catch_its_soft_time_limit(queue: str, ledger: Ledger, pool: 
     assert ledger.count("soft")[1] == 1
     soft_after = ledger.times("soft", 1)[0] - ledger.times("start", 1)[0]
     assert 0.4 < soft_after < 1.6
+
+
+def test_time_limits_beyond_the_consumer_timeout_warn_and_ask_for_a_longer_one(
+    queue: str, rabbit_url: str, tmp_path: Path
+) -> None:
+    pool = Pool(MODULE, [queue], rabbit_url, concurrency=1, log_path=tmp_path / "w.log",
+                env={"TASKWARREN_CONSUMER_TIMEOUT_S": "10"})
+    try:
+        wait_until(lambda: consumer_count(queue) == 1, 20, what="the consumer")
+        listing = subprocess.run(["rabbitmqctl", "list_consumers", "-q", "queue_name",
+                                  "arguments"], capture_output=True, text=True).stdout
+        (line,) = [row for row in listing.splitlines() if row.startswith(queue + "\t")]
+        # The longest hard limit among the tasks (10 s) plus a 60 s margin.
+        assert "x-consumer-timeout" in line and "70000" in line
+        assert pool.stop() == 0
+    finally:
+        pool.kill()
+    assert "time_limit_above_consumer_timeout" in pool.log_text()

@@ -162,3 +162,19 @@ def test_dont_retry_exceptions_are_dead_lettered_at_once(app: Warren) -> None:
     results = join(app, fail_on_error=False)
     assert [r.outcome for r in results] == ["dead_lettered"]
     assert app.broker.dead_letters("q")[0].headers["tw-reason"] == "not retried"
+
+
+def test_a_time_limit_beyond_the_broker_consumer_timeout_asks_for_a_longer_one() -> None:
+    from taskwarren.worker.process import consumer_timeout_s
+
+    app = Warren(url="memory://", consumer_timeout_s=1800)
+
+    @app.task(time_limit=60)
+    def short() -> None: ...
+
+    assert consumer_timeout_s(app) is None, "the broker's default is long enough"
+
+    @app.task(time_limit=7200)
+    def long_running() -> None: ...
+
+    assert consumer_timeout_s(app) == 7260.0
