@@ -87,6 +87,16 @@ def delay_routing_key(delay_s: float, queue: str) -> str:
     return f"{bits}.{queue}"
 
 
+def delay_entry_exchange(delay_s: float) -> str:
+    """The level a delayed message is published to: that of its highest set bit.
+
+    Entering at the top level would be just as correct (levels whose bit is 0 pass the
+    message on through exchange-to-exchange bindings), but every such hop is a topic
+    match the broker makes while the publisher waits for its confirm.
+    """
+    return delay_exchange(delay_seconds(delay_s).bit_length() - 1)
+
+
 def delay_from_routing_key(routing_key: str) -> tuple[int, str]:
     """Inverse of :func:`delay_routing_key`: ``(seconds, queue)``."""
     words = routing_key.split(".", DELAY_LEVELS)

@@ -47,6 +47,7 @@ from taskwarren.topology import (
     DELAY_LEVELS,
     EXCHANGE,
     dead_queue,
+    delay_entry_exchange,
     delay_exchange,
     delay_routing_key,
     deliver_binding_key,
@@ -377,7 +378,7 @@ def _route(queue: str, delay_s: float, dead: bool) -> tuple[str, str]:
     if dead:
         return DEAD_LETTER_EXCHANGE, queue
     if delay_s > 0:
-        return delay_exchange(DELAY_LEVELS - 1), delay_routing_key(delay_s, queue)
+        return delay_entry_exchange(delay_s), delay_routing_key(delay_s, queue)
     return EXCHANGE, queue
 
 
@@ -749,9 +750,9 @@ class RabbitMQConsumer(Consumer):
     def settle(self, delivery: Delivery, action: Action) -> None:
         queue = self._settle_q
         queue.append((delivery, action))
-        # Wake the I/O thread for a republish at once, and for acks once a batch has
-        # gathered: the broker refills the prefetch window while tasks keep running.
-        if self._sleeping and (len(queue) >= ACK_BATCH or not isinstance(action, Ack)):
+        # Wake the I/O thread once a batch has gathered (the executor also wakes it when
+        # it runs out of work): the broker refills the prefetch window while tasks run.
+        if self._sleeping and len(queue) >= ACK_BATCH:
             self.wakeup()
 
     def wakeup(self) -> None:
@@ -763,10 +764,20 @@ class RabbitMQConsumer(Consumer):
 
     def _flush(self) -> None:
         link = self._link
-        generation = link.generation
-        ch = link.channel
         settle_q = self._settle_q
-        done = self._done
+        if settle_q:
+            # Declaring waits for the broker's answer: never inside the corked block.
+            targets = {a.queue for _, a in list(settle_q) if isinstance(a, Republish)}
+            link.declare_queues(targets)
+            with corked(link.conn):
+                self._settle_all(settle_q, self._done, link.generation)
+        if self._done:
+            self._ack_done()
+
+    def _settle_all(self, settle_q: deque[tuple[Delivery, Action]], done: set[int],
+                    generation: int) -> None:
+        link = self._link
+        ch = link.channel
         while settle_q:
             delivery, action = settle_q.popleft()
             if delivery.generation != generation:
@@ -779,12 +790,8 @@ class RabbitMQConsumer(Consumer):
             else:
                 assert isinstance(action, Republish)
                 exchange, routing_key = _route(action.queue, action.delay_s, action.dead)
-                if not action.dead:
-                    link.declare_queues([action.queue])
                 link.publish(exchange, routing_key, action.envelope,
                              self._after_confirm(delivery, generation))
-        if done:
-            self._ack_done()
 
     def _after_confirm(self, delivery: Delivery, generation: int) -> Confirmation:
         def confirmed(error: str | None) -> None:

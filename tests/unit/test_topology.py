@@ -10,6 +10,7 @@ from taskwarren.topology import (
     DELAY_LEVELS,
     MAX_DELAY_S,
     check_queue_name,
+    delay_entry_exchange,
     delay_exchange,
     delay_from_routing_key,
     delay_routing_key,
@@ -37,12 +38,12 @@ def topic_match(pattern: str, key: str) -> bool:
     return match(0, 0)
 
 
-def route_through_levels(key: str) -> tuple[int, str]:
-    """Follow a delayed message from the top level to the deliver exchange.
+def route_through_levels(key: str, entry: str | None = None) -> tuple[int, str]:
+    """Follow a delayed message from its entry level to the deliver exchange.
 
     Returns the total time spent waiting (seconds) and where it finally lands.
     """
-    exchange, waited = delay_exchange(DELAY_LEVELS - 1), 0
+    exchange, waited = entry or delay_exchange(DELAY_LEVELS - 1), 0
     while exchange != DELAY_DELIVER_EXCHANGE:
         level = int(exchange.rsplit(".", 1)[1])
         wait_key, pass_key = level_binding_keys(level)
@@ -66,6 +67,8 @@ def test_any_delay_waits_exactly_its_seconds_and_reaches_only_its_queue(delay: i
     key = delay_routing_key(delay, "email.ingest")
     waited, final_key = route_through_levels(key)
     assert waited == delay
+    assert route_through_levels(key, delay_entry_exchange(delay))[0] == delay, (
+        "entering at the highest set bit's level waits just as long")
     assert topic_match(deliver_binding_key("email.ingest"), final_key)
     assert not topic_match(deliver_binding_key("ingest"), final_key)
     assert not topic_match(deliver_binding_key("email"), final_key)
