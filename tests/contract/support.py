@@ -82,12 +82,14 @@ class Harness:
         self.broker.publish(self.queue, envs, delay_s)
         return envs
 
+    def close_consumer(self, consumer: Consumer) -> None:
+        """Close ``consumer`` now (``close`` is not promised to be idempotent)."""
+        self.consumers.remove(consumer)
+        consumer.close()
+
     def close(self) -> None:
         for consumer in self.consumers:
-            try:
-                consumer.close()
-            except Exception:  # noqa: BLE001 - a test may have closed it already
-                pass
+            consumer.close()
         for broker in self.brokers:
             broker.close()
 

@@ -30,9 +30,11 @@ def cli(*args: str, url: str) -> str:
 @pytest.fixture
 def pool(queue: str, rabbit_url: str, tmp_path: Path) -> Iterator[Pool]:
     p = Pool(MODULE, [queue], rabbit_url, concurrency=2, log_path=tmp_path / "w.log")
-    wait_until(lambda: consumer_count(queue) == 2, 20, what="two consumers")
-    yield p
-    p.kill()
+    try:
+        wait_until(lambda: consumer_count(queue) == 2, 20, what="two consumers")
+        yield p
+    finally:
+        p.kill()
 
 
 def test_delayed_tasks_run_no_earlier_than_their_delay_and_within_a_second_after(
