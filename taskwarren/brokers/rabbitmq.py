@@ -750,12 +750,14 @@ class RabbitMQConsumer(Consumer):
     def settle(self, delivery: Delivery, action: Action) -> None:
         queue = self._settle_q
         queue.append((delivery, action))
-        # Wake the I/O thread once a batch has gathered (the executor also wakes it when
-        # it runs out of work): the broker refills the prefetch window while tasks run.
-        if self._sleeping and len(queue) >= ACK_BATCH:
+        # Acks wake the I/O thread once a batch has gathered (the broker refills the
+        # prefetch window while tasks run); a requeue or republish wakes it at once.
+        if self._sleeping and (len(queue) >= ACK_BATCH or not isinstance(action, Ack)):
             self.wakeup()
 
     def wakeup(self) -> None:
+        if self._wake_w < 0:
+            return
         with contextlib.suppress(BlockingIOError):  # full pipe: a wakeup is pending anyway
             os.write(self._wake_w, b"x")
 
@@ -844,5 +846,7 @@ class RabbitMQConsumer(Consumer):
         except (*_LINK_ERRORS, amqp_errors.AMQPError) as exc:
             self._lost(exc)
         self._link.close()
-        for fd in (self._wake_r, self._wake_w):
-            os.close(fd)
+        if self._wake_r >= 0:  # close() may be called twice; never close a reused fd
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1

@@ -24,6 +24,7 @@ import itertools
 import json
 import math
 import os
+import random
 import secrets
 import select
 import socket
@@ -173,9 +174,7 @@ def _connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                            check_same_thread=False)
     try:
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise sqlite3.OperationalError(f"cannot use WAL mode here (journal mode {mode})")
+        _use_wal(conn)
         # On macOS fsync() leaves data in the drive's cache; ``PRAGMA fullfsync`` would
         # flush it at a large cost per commit. Linux's fsync() reaches the disk.
         conn.execute("PRAGMA synchronous=FULL")
@@ -184,6 +183,27 @@ def _connect(path: str) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch a new database to WAL, retrying: the switch does not wait for busy locks.
+
+    Several processes opening a new database at once would otherwise fail with
+    "database is locked"; once the file is in WAL mode it stays so.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() != "wal":
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() == "wal":
+                return
+            raise sqlite3.OperationalError(f"cannot use WAL mode here (journal mode {mode})")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(random.uniform(0.001, 0.02))
 
 
 def _init_schema(conn: sqlite3.Connection, path: str) -> None:

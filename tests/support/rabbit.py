@@ -121,7 +121,11 @@ class PrivateRabbit:
         self.name = name or f"tw{uuid.uuid4().hex[:6]}@localhost"
         self.port = _free_port()
         self.dist_port = _free_port()
-        self.base = tempfile.mkdtemp(prefix="tw-rabbit-")
+        # Under the rabbitmq user's home when we can: the node runs as that user and
+        # must be able to reach its directory whatever /tmp's mode is.
+        home = "/var/lib/rabbitmq"
+        parent = home if os.geteuid() == 0 and os.path.isdir(home) else None
+        self.base = tempfile.mkdtemp(prefix="tw-rabbit-", dir=parent)
         self.env = dict(os.environ)
         plugins = os.path.join(self.base, "enabled_plugins")
         with open(plugins, "w") as f:
