@@ -1,6 +1,6 @@
 """taskwarren: a durable task queue for Python on RabbitMQ. Nothing lost, ever, and fast.
 
-Public names: :func:`task`, :class:`Warren`, :class:`Retry`, :class:`Backoff`,
+Public names: :func:`task`, :func:`publish`, :class:`Warren`, :class:`Retry`, :class:`Backoff`,
 :class:`TaskwarrenError`, :class:`SoftTimeLimitExceeded`.
 """
 
@@ -22,6 +22,7 @@ __all__ = [
     "TaskwarrenError",
     "Warren",
     "__version__",
+    "publish",
     "task",
 ]
 
@@ -46,6 +47,8 @@ def task(
     dont_retry: Sequence[type[BaseException]] = (),
     time_limit: float | None = None,
     soft_time_limit: float | None = None,
+    subscribe: Sequence[str] = (),
+    broadcast: bool = False,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
@@ -59,3 +62,20 @@ def task(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
     if fn is not None:
         return app.task(fn, **options)
     return app.task(**options)
+
+
+def publish(routing_key: str, payload: Any, *, require_subscriber: bool = False) -> int | None:
+    """Publish an event through the default app; every subscribed queue gets its own copy.
+
+    ``publish("audit.irs.corporate", AuditEvent(...))`` returns once the broker confirmed
+    it. The return value says what is known of its reach: ``0`` when no subscription
+    matched (reported, never silently dropped), ``None`` when it reached at least one
+    queue but the broker does not say how many (RabbitMQ), or the exact count (the
+    in-memory broker). See :meth:`Warren.publish_event`.
+
+    Raises:
+        UnroutableError: ``require_subscriber`` and nothing subscribes to it.
+        ArgumentsError: the payload does not validate.
+    """
+    return default_app().publish_event(routing_key, payload,
+                                       require_subscriber=require_subscriber)

@@ -7,12 +7,24 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
+import structlog
+from pydantic import BaseModel, ValidationError
+
 from taskwarren.brokers.base import Broker
-from taskwarren.errors import ConfigurationError, PublishError
-from taskwarren.message import Envelope
+from taskwarren.errors import ArgumentsError, ConfigurationError, PublishError, UnroutableError
+from taskwarren.message import Envelope, encode_event
 from taskwarren.retries import Backoff
 from taskwarren.settings import Settings
 from taskwarren.task import DEFAULT_QUEUE, Task, TaskOptions, task_options
+from taskwarren.topology import (
+    TopologyItem,
+    check_routing_key,
+    patterns_overlap,
+    required_topology,
+    topic_matches,
+)
+
+log = structlog.get_logger("taskwarren.app")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -113,6 +125,8 @@ class Warren:
         dont_retry: Sequence[type[BaseException]] = (),
         time_limit: float | None = None,
         soft_time_limit: float | None = None,
+        subscribe: Sequence[str] = (),
+        broadcast: bool = False,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -128,6 +142,8 @@ class Warren:
         dont_retry: Sequence[type[BaseException]] = (),
         time_limit: float | None = None,
         soft_time_limit: float | None = None,
+        subscribe: Sequence[str] = (),
+        broadcast: bool = False,
     ) -> Any:
         """Register a function as a task; use bare (``@app.task``) or with options.
 
@@ -142,6 +158,11 @@ class Warren:
             time_limit: hard limit in seconds.
             soft_time_limit: seconds after which ``SoftTimeLimitExceeded`` is raised in
                 the task.
+            subscribe: event patterns (``audit.#``: ``#`` is zero or more words, ``*``
+                exactly one) whose events land in ``queue`` for this task; its first
+                argument receives the event. One subscriber per event and queue.
+            broadcast: ``.send()`` reaches every worker process alive now, once each
+                (at most once: see the README); no retries, no delays.
         """
         opts = task_options(
             TaskOptions(),
@@ -152,6 +173,8 @@ class Warren:
             dont_retry=tuple(dont_retry),
             time_limit_s=time_limit,
             soft_time_limit_s=soft_time_limit,
+            subscribe=tuple(subscribe),
+            broadcast=broadcast,
         )
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
@@ -159,15 +182,54 @@ class Warren:
             existing = self.tasks.get(task_name)
             if existing is not None and existing.fn is not f:
                 raise ConfigurationError(f"a different task is already named {task_name!r}")
+            self._check_overlap(task_name, opts)
             registered: Task[Any, Any] = Task(self, f, task_name, opts)
             self.tasks[task_name] = registered
             return registered
 
         return register(fn) if fn is not None else register
 
+    def _check_overlap(self, name: str, opts: TaskOptions) -> None:
+        # The broker puts one copy of an event in a queue however many of its bindings
+        # match: two subscribers of one event must not share a queue.
+        for other in self.tasks.values():
+            if other.name == name or other.queue != opts.queue:
+                continue
+            for mine in opts.subscribe:
+                for theirs in other.subscriptions:
+                    if patterns_overlap(mine, theirs):
+                        raise ConfigurationError(
+                            f"tasks {name!r} and {other.name!r} both subscribe to events "
+                            f"matching {mine!r} and {theirs!r} on queue {opts.queue!r}: the "
+                            "broker puts one copy per queue; give each its own queue"
+                        )
+
     def queues(self) -> list[str]:
         """Every queue the registered tasks use, sorted."""
         return sorted({t.queue for t in self.tasks.values()})
+
+    def subscriptions(self, queues: Sequence[str] | None = None) -> dict[str, list[str]]:
+        """Subscription patterns per queue (of ``queues``, or of every queue)."""
+        out: dict[str, list[str]] = {}
+        for t in self.tasks.values():
+            if t.subscriptions and (queues is None or t.queue in queues):
+                out.setdefault(t.queue, []).extend(t.subscriptions)
+        return out
+
+    def has_broadcasts(self) -> bool:
+        """Whether any registered task is a broadcast (worker processes then listen)."""
+        return any(t.task_options.broadcast for t in self.tasks.values())
+
+    def bind_subscriptions(self, queues: Sequence[str] | None = None) -> None:
+        """Make the durable event bindings of ``queues`` (default: all) on the broker."""
+        for queue, patterns in self.subscriptions(queues).items():
+            self.broker.bind_events(queue, patterns)
+
+    def topology(self, queues: Sequence[str] | None = None) -> list[TopologyItem]:
+        """Every exchange, queue and binding the registered tasks need."""
+        chosen = self.queues() if queues is None else list(queues)
+        return required_topology(chosen, self.subscriptions(chosen), self.settings.queue_type,
+                                 self.settings.delivery_limit)
 
     def check_size(self, body: bytes) -> None:
         """Refuse a body over ``max_message_bytes`` before it reaches the broker.
@@ -193,6 +255,61 @@ class Warren:
         """Publish envelopes to ``queue`` (declared first), confirmed."""
         self.declare([queue])
         self.broker.publish(queue, envelopes, delay_s)
+
+    def publish_event(
+        self, routing_key: str, payload: Any, *, require_subscriber: bool = False
+    ) -> int | None:
+        """Publish an event: every queue subscribed to ``routing_key`` gets its own copy.
+
+        ``payload`` is a pydantic model instance (validated against its own model) or,
+        when a subscriber of ``routing_key`` is registered in this process, anything
+        its first argument accepts (validated against that).
+
+        Returns:
+            Queues reached: ``0`` when no subscription matched (the broker returned the
+            mandatory message); ``None`` when at least one did but the broker does not
+            say how many (RabbitMQ); the exact count on the in-memory broker.
+
+        Raises:
+            ConfigurationError: a routing key with wildcards or empty words.
+            ArgumentsError: the payload does not validate.
+            UnroutableError: ``require_subscriber`` and no queue is subscribed.
+            PublishError: the broker did not confirm it.
+        """
+        check_routing_key(routing_key)
+        body = self._event_body(routing_key, payload)
+        self.check_size(body)
+        reached = self.broker.publish_event(routing_key, encode_event(routing_key, body))
+        if reached == 0:
+            if require_subscriber:
+                raise UnroutableError(f"event {routing_key!r} reached no queue: nothing "
+                                      "subscribes to it")
+            log.warning("event.unrouted", routing_key=routing_key)
+        return reached
+
+    def _event_body(self, routing_key: str, payload: Any) -> bytes:
+        if isinstance(payload, BaseModel):
+            try:
+                # Validated again: an instance may have been built or changed unchecked.
+                type(payload).model_validate(payload.model_dump(warnings=False))
+            except ValidationError as exc:
+                raise ArgumentsError(f"event {routing_key}",
+                                     [".".join(map(str, e["loc"])) for e in exc.errors()],
+                                     str(exc)) from None
+            return payload.model_dump_json().encode()
+        for t in self.tasks.values():
+            if any(topic_matches(p, routing_key) for p in t.subscriptions):
+                return t.encode_event(payload)
+        raise ArgumentsError(f"event {routing_key}", ["(payload)"],
+                             "give a pydantic model instance (no subscriber of this event is "
+                             "registered here to validate anything else against)")
+
+    def publish_broadcast(self, envelope: Envelope) -> None:
+        """Publish a broadcast task call to every live worker process, confirmed."""
+        reached = self.broker.publish_broadcast(envelope)
+        if reached == 0:
+            log.warning("broadcast.unheard", task=envelope.task, task_id=envelope.message_id,
+                        reason="no worker process is listening")
 
     def close(self) -> None:
         """Close this process's broker connections."""

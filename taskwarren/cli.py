@@ -1,4 +1,4 @@
-"""The ``taskwarren`` command: worker, send, queues, dlq, demo."""
+"""The ``taskwarren`` command: worker, send, queues, dlq, topology, demo."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from taskwarren.errors import TaskwarrenError
 from taskwarren.logs import configure
 from taskwarren.message import H_REASON, decode_kwargs, failure_summary
 from taskwarren.settings import Settings
+from taskwarren.topology import BindingSpec, ExchangeSpec, QueueSpec, TopologyItem
 
 
 def load_app(modules: Sequence[str], url: str | None) -> Warren:
@@ -235,6 +236,110 @@ def dlq_purge(queue: str, ids: tuple[str, ...], yes: bool, url: str | None) -> N
         raise click.UsageError("purging deletes messages for good: add --yes")
     n = _broker_app(url).broker.purge_dead(queue, list(ids) if ids else None)
     click.echo(f"purged {n}")
+
+
+@main.group()
+def topology() -> None:
+    """Compare the exchanges, queues and bindings the tasks need with the broker's."""
+
+
+@topology.command("plan")
+@click.argument("modules", nargs=-1, required=True)
+@click.option("-Q", "--queues", default=None, help="Comma-separated queues (default: all used).")
+@click.option("--url", default=None)
+def topology_plan(modules: tuple[str, ...], queues: str | None, url: str | None) -> None:
+    """Print what MODULES' tasks need and what the broker has; changes nothing.
+
+    Existence is checked with passive declares. Arguments of an existing queue are
+    checked by declaring it with ours on a throwaway channel: the broker refuses
+    (PRECONDITION_FAILED) when they differ and changes nothing either way. Bindings
+    cannot be read over AMQP; `apply` makes them (binding twice is harmless).
+    """
+    app = load_app(modules, url)
+    items = app.topology(_chosen(app, queues))
+    try:
+        statuses = app.broker.check_topology(items)
+    except TaskwarrenError as exc:
+        raise click.ClickException(str(exc)) from None
+    _print_topology(items, statuses)
+    missing = sum(s == "missing" for s in statuses)
+    differs = sum(s.startswith("differs") for s in statuses)
+    if "unknown" in statuses:
+        click.echo("unknown: bindings cannot be read over AMQP; `apply` makes them "
+                   "(binding twice changes nothing)")
+    click.echo(f"{missing} missing, {differs} differ"
+               + ("; run `taskwarren topology apply` to create what is missing" if missing
+                  else ""))
+    if differs:
+        click.echo(_MIGRATE)
+
+
+@topology.command("apply")
+@click.argument("modules", nargs=-1, required=True)
+@click.option("-Q", "--queues", default=None, help="Comma-separated queues (default: all used).")
+@click.option("--url", default=None)
+def topology_apply(modules: tuple[str, ...], queues: str | None, url: str | None) -> None:
+    """Create what MODULES' tasks need and the broker lacks; never delete or redeclare.
+
+    Exits 1 when something exists with other arguments (it is left alone).
+    """
+    app = load_app(modules, url)
+    items = app.topology(_chosen(app, queues))
+    try:
+        statuses = app.broker.apply_topology(items)
+    except TaskwarrenError as exc:
+        raise click.ClickException(str(exc)) from None
+    _print_topology(items, statuses)
+    created = sum(s == "created" for s in statuses)
+    differs = sum(s.startswith(("differs", "skipped")) for s in statuses)
+    click.echo(f"{created} created, {differs} left alone")
+    if differs:
+        click.echo(_MIGRATE)
+        sys.exit(1)
+
+
+_MIGRATE = """taskwarren never deletes a queue nor redeclares one with other arguments (RabbitMQ
+refuses that with PRECONDITION_FAILED). To migrate a queue Q that differs:
+  1. stop the workers of Q and let it drain (or move its messages with a shovel);
+     producers sending meanwhile get an error when Q is gone, nothing is lost silently;
+  2. delete it: rabbitmqctl delete_queue Q (and Q.dead once it is empty or replayed);
+  3. run `taskwarren topology apply` again, then start the workers.
+Or keep the queue as it is: TASKWARREN_QUEUE_TYPE=classic (or quorum) matches an
+existing queue of that type."""
+
+
+def _chosen(app: Warren, queues: str | None) -> list[str]:
+    return [q.strip() for q in queues.split(",") if q.strip()] if queues else app.queues()
+
+
+def _print_topology(items: Sequence[TopologyItem], statuses: Sequence[str]) -> None:
+    """One line per item; the 28 delay levels summed up unless something is amiss."""
+    levels: dict[str, int] = {}
+    for item, status in zip(items, statuses, strict=True):
+        if _is_delay_level(item) and status.startswith(("ok", "created", "unknown")):
+            key = f"{type(item).__name__}:{status.split(':')[0]}"
+            levels[key] = levels.get(key, 0) + 1
+            continue
+        click.echo(f"{_describe(item):72} {status}")
+    if levels:
+        summary = ", ".join(f"{n} {k.split(':')[0].removesuffix('Spec').lower()}s "
+                            f"{k.split(':')[1]}" for k, n in sorted(levels.items()))
+        click.echo(f"{'delay levels taskwarren.delay.0-27':72} {summary}")
+
+
+def _is_delay_level(item: TopologyItem) -> bool:
+    name = item.source if isinstance(item, BindingSpec) else item.name
+    return name.startswith("taskwarren.delay.") and name[len("taskwarren.delay."):].isdigit()
+
+
+def _describe(item: TopologyItem) -> str:
+    if isinstance(item, ExchangeSpec):
+        return f"exchange {item.name} ({item.kind}, durable)"
+    if isinstance(item, QueueSpec):
+        args = ", ".join(f"{k}={v}" for k, v in item.arguments.items())
+        return f"queue    {item.name} (durable; {args})"
+    arrow = "exchange" if item.to_exchange else "queue"
+    return f"binding  {item.source} -> {arrow} {item.destination} key {item.key!r}"
 
 
 def _add_demo() -> None:

@@ -4,6 +4,7 @@
 
     TaskwarrenError
     ├── ConfigurationError        bad settings, URL or task options
+    │   └── NotSupportedError         the broker has no such feature (events on SQLite)
     ├── ArgumentsError            .send() arguments do not match the task signature
     ├── BrokerError               the broker failed us (mapped once, at the broker edge)
     │   ├── BrokerConnectionError     cannot reach the broker, or the link broke
@@ -31,6 +32,10 @@ class TaskwarrenError(Exception):
 
 class ConfigurationError(TaskwarrenError):
     """Settings, URLs or task options that cannot work."""
+
+
+class NotSupportedError(ConfigurationError):
+    """The configured broker does not support a feature (events, broadcasts, topology)."""
 
 
 class ArgumentsError(TaskwarrenError, ValueError):

@@ -29,6 +29,8 @@ H_ERROR_TYPE = "tw-error-type"
 H_TRACEBACK = "tw-traceback"
 H_FAILED_AT = "tw-failed-at"
 H_REASON = "tw-reason"
+#: On an event copy: the routing key it was published with (its body is the event).
+H_EVENT = "tw-event"
 
 #: Longest traceback kept in a dead letter's headers (AMQP header tables are bounded).
 MAX_TRACEBACK_CHARS = 8000
@@ -75,6 +77,12 @@ class Envelope:
     def queue(self) -> str:
         """The queue this message was sent to."""
         value = self.headers.get(H_QUEUE)
+        return value if isinstance(value, str) else ""
+
+    @property
+    def event(self) -> str:
+        """The event routing key of an event copy, or ``""`` for a plain task call."""
+        value = self.headers.get(H_EVENT)
         return value if isinstance(value, str) else ""
 
     def clean(self) -> Envelope:
@@ -135,17 +143,32 @@ def encode(
     )
 
 
+def encode_event(routing_key: str, body: bytes) -> Envelope:
+    """Build the envelope of an event whose JSON body is already serialised.
+
+    It names no task: the consumer of each subscriber queue picks the task whose
+    subscription matches ``routing_key`` and records it on retries and dead letters.
+    """
+    return Envelope(
+        message_id=new_task_id(),
+        body=body,
+        headers={H_EVENT: routing_key, H_ATTEMPT: 0},
+        timestamp=int(time.time()),
+    )
+
+
 def check_envelope(envelope: Envelope, max_bytes: int) -> None:
     """Refuse an envelope a worker must not try to run.
 
     Raises:
-        DecodeError: wrong content type, oversized body, or no task name.
+        DecodeError: wrong content type, oversized body, or neither a task name nor an
+            event key.
     """
     if envelope.content_type != CONTENT_TYPE:
         raise DecodeError(f"content type {envelope.content_type!r} is not {CONTENT_TYPE}")
     if len(envelope.body) > max_bytes:
         raise DecodeError(f"body of {len(envelope.body)} bytes exceeds the limit of {max_bytes}")
-    if not envelope.task:
+    if not envelope.task and not envelope.event:
         raise DecodeError(f"missing or invalid {H_TASK} header")
 
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from taskwarren.errors import ArgumentsError, ConfigurationError, DecodeError
 from taskwarren.message import Envelope, encode
 from taskwarren.retries import Backoff
-from taskwarren.topology import check_queue_name
+from taskwarren.topology import check_pattern, check_queue_name
 
 if TYPE_CHECKING:
     from taskwarren.app import Warren
@@ -44,6 +44,8 @@ class TaskOptions:
         dont_retry: exception types that are never retried (checked first).
         time_limit_s: hard limit: past it the call fails and the process is replaced.
         soft_time_limit_s: past it, ``SoftTimeLimitExceeded`` is raised in the task.
+        subscribe: event patterns (``audit.#``, ``email.*``) whose events it receives.
+        broadcast: ``.send()`` runs it once in every live worker process.
     """
 
     queue: str = DEFAULT_QUEUE
@@ -53,6 +55,8 @@ class TaskOptions:
     dont_retry: tuple[type[BaseException], ...] = ()
     time_limit_s: float | None = None
     soft_time_limit_s: float | None = None
+    subscribe: tuple[str, ...] = ()
+    broadcast: bool = False
 
     def should_retry(self, exc: BaseException, attempt: int) -> bool:
         """Whether a call that raised ``exc`` on ``attempt`` (0-based) is tried again."""
@@ -138,6 +142,8 @@ class Task(Generic[P, R]):
         self.model = _argument_model(fn, name)
         self._signature = inspect.signature(fn)
         self._fields = tuple(self._signature.parameters)
+        if options.subscribe:
+            _check_subscriber(name, self._signature)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -208,6 +214,32 @@ class Task(Generic[P, R]):
             raise _arguments_error(self.name, exc) from None
         return validated.model_dump_json().encode()
 
+    @property
+    def subscriptions(self) -> tuple[str, ...]:
+        """The event patterns this task subscribes to."""
+        return self.task_options.subscribe
+
+    def encode_event(self, payload: Any) -> bytes:
+        """Validate an event payload as this subscriber's first argument; its JSON body.
+
+        Raises:
+            ArgumentsError: the payload does not fit the subscriber's annotation.
+        """
+        try:
+            validated = self.model.model_validate({self._fields[0]: payload})
+        except ValidationError as exc:
+            raise _arguments_error(self.name, exc) from None
+        return json_dumps(validated.model_dump(mode="json")[self._fields[0]])
+
+    def decode_event(self, body: bytes) -> dict[str, Any]:
+        """Validate an event copy's body as this subscriber's first argument.
+
+        Raises:
+            DecodeError: the body is not JSON.
+            ArgumentsError: the event does not fit the subscriber's annotation.
+        """
+        return self.decode_call(b'{"' + self._fields[0].encode() + b'":' + body + b"}")
+
     def decode_call(self, body: bytes) -> dict[str, Any]:
         """Validate a message body against the signature; keyword arguments for the call.
 
@@ -222,6 +254,15 @@ class Task(Generic[P, R]):
                 raise DecodeError(f"body is not valid JSON: {exc.errors()[0]['msg']}") from None
             raise _arguments_error(self.name, exc) from None
         return {name: getattr(validated, name) for name in self._fields}
+
+
+def _check_subscriber(name: str, signature: inspect.Signature) -> None:
+    params = list(signature.parameters.values())
+    if not params or any(p.default is inspect.Parameter.empty for p in params[1:]):
+        raise ConfigurationError(
+            f"task {name!r} subscribes to events: its first argument receives the event "
+            "(annotate it with the event's pydantic model); any others need defaults"
+        )
 
 
 def _fields_in(message: str, fields: tuple[str, ...]) -> list[str]:
@@ -243,17 +284,33 @@ class BoundTask(Generic[P, R]):
         return encode(self.task.name, queue, body, task_id=task_id, eta=eta)
 
     def send(self, *args: P.args, **kwargs: P.kwargs) -> str:
-        """Validate, publish and confirm one call; returns its task id."""
-        body = self.task.encode_call(args, kwargs)
+        """Validate, publish and confirm one call; returns its task id.
+
+        A broadcast task's call goes to every worker process alive now instead.
+        """
+        return self._send_body(self.task.encode_call(args, kwargs), self.send_options.task_id)
+
+    def _send_body(self, body: bytes, task_id: str | None) -> str:
         self.task.app.check_size(body)
-        envelope = self._envelope(body, self.send_options.task_id)
-        self.task.app.publish(envelope.queue, [envelope], self.send_options.delay_s)
+        envelope = self._envelope(body, task_id)
+        if not self.task.task_options.broadcast:
+            self.task.app.publish(envelope.queue, [envelope], self.send_options.delay_s)
+        elif self.send_options.delay_s > 0:
+            raise ConfigurationError(
+                f"task {self.task.name!r} is a broadcast: it cannot be delayed (a delayed "
+                "copy could only reach the processes alive when it was sent)"
+            )
+        else:
+            self.task.app.publish_broadcast(envelope)
         return envelope.message_id
 
     def send_many(self, calls: Iterable[Mapping[str, Any]]) -> list[str]:
         """Validate every call, then publish them all with pipelined confirms."""
         if self.send_options.task_id is not None:
             raise ConfigurationError("task_id cannot be shared by many calls")
+        if self.task.task_options.broadcast:
+            bodies = [self.task.encode_call((), kwargs) for kwargs in calls]
+            return [self._send_body(body, None) for body in bodies]
         envelopes = []
         for kwargs in calls:
             body = self.task.encode_call((), kwargs)
@@ -273,6 +330,15 @@ def task_options(base: TaskOptions, **changes: Any) -> TaskOptions:
     for limit in (opts.time_limit_s, opts.soft_time_limit_s):
         if limit is not None and limit <= 0:
             raise ConfigurationError("time limits must be positive")
+    for pattern in opts.subscribe:
+        check_pattern(pattern)
+    if opts.broadcast and opts.subscribe:
+        raise ConfigurationError("a task is either a broadcast or an event subscriber")
+    if opts.broadcast and opts.retries:
+        raise ConfigurationError(
+            "a broadcast runs at most once per process and cannot be retried: its retry "
+            "would have to come back to that one process; use retries=0"
+        )
     return opts
 
 

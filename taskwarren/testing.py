@@ -47,6 +47,7 @@ def join(
         raise ConfigurationError("join() runs on the in-memory broker (url='memory://')")
     names = list(queues) if queues is not None else app.queues()
     app.declare(names)
+    app.bind_subscriptions(names)  # as a worker does when it starts
     executor = Executor(app.tasks, app.settings.max_message_bytes)
     consumer = broker.consumer()
     for name in names:

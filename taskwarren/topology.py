@@ -5,12 +5,17 @@ direct exchange ``taskwarren`` with routing key = queue name. Dead letters go th
 ``taskwarren.dlx`` into ``Q.dead``. Delays use :data:`DELAY_LEVELS` binary levels:
 level ``n`` holds messages for ``2**n`` seconds, then dead-letters them to level
 ``n - 1``; the routing key spells the delay in binary, highest level first.
+Events go through the durable topic exchange ``taskwarren.events`` (bindings are
+subscriptions) and broadcasts through the durable fanout ``taskwarren.broadcast``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from taskwarren.errors import ConfigurationError
@@ -159,3 +164,144 @@ def queue_arguments(
         args["x-dead-letter-strategy"] = "at-least-once"
         args["x-overflow"] = "reject-publish"
     return args
+
+
+#: The durable topic exchange events are published to (routing key = the event's key).
+EVENTS_EXCHANGE = "taskwarren.events"
+#: The durable fanout exchange broadcasts go to; every worker process binds a queue of its own.
+BROADCAST_EXCHANGE = "taskwarren.broadcast"
+
+_WORD_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+def check_routing_key(routing_key: str) -> str:
+    """Return ``routing_key`` if it is a usable event key: dot-separated words, no wildcards.
+
+    Raises:
+        ConfigurationError: an empty key, an empty word, a ``*`` or ``#``, or over 255 bytes.
+    """
+    words = routing_key.split(".")
+    if len(routing_key.encode()) > 255 or not all(_WORD_RE.match(w) for w in words):
+        raise ConfigurationError(
+            f"invalid event routing key {routing_key!r}: use dot-separated words of letters, "
+            "digits, '_' and '-' (at most 255 bytes); '*' and '#' belong in subscriptions"
+        )
+    return routing_key
+
+
+def check_pattern(pattern: str) -> str:
+    """Return ``pattern`` if it is a usable subscription: words, ``*`` or ``#``, dot-separated.
+
+    Raises:
+        ConfigurationError: an empty word, a wildcard inside a word, or over 255 bytes.
+    """
+    words = pattern.split(".")
+    if len(pattern.encode()) > 255 or not all(w in ("*", "#") or _WORD_RE.match(w)
+                                              for w in words):
+        raise ConfigurationError(
+            f"invalid subscription {pattern!r}: dot-separated words, each a word of letters, "
+            "digits, '_' and '-', or '*' (exactly one word) or '#' (zero or more words)"
+        )
+    return pattern
+
+
+def topic_matches(pattern: str, routing_key: str) -> bool:
+    """Whether a topic binding ``pattern`` routes ``routing_key``, as RabbitMQ decides.
+
+    ``*`` stands for exactly one word, ``#`` for zero or more words.
+    """
+    return patterns_overlap(pattern, routing_key)
+
+
+@functools.lru_cache(maxsize=4096)
+def patterns_overlap(first: str, second: str) -> bool:
+    """Whether some routing key matches both patterns (a plain key is a pattern too)."""
+    a, b = first.split("."), second.split(".")
+
+    @functools.cache
+    def match(i: int, j: int) -> bool:
+        if i == len(a) and j == len(b):
+            return True
+        if i < len(a) and a[i] == "#" and (match(i + 1, j) or (j < len(b) and match(i, j + 1))):
+            return True
+        if j < len(b) and b[j] == "#" and (match(i, j + 1) or (i < len(a) and match(i + 1, j))):
+            return True
+        if i < len(a) and j < len(b) and "#" not in (a[i], b[j]):
+            return (a[i] == b[j] or "*" in (a[i], b[j])) and match(i + 1, j + 1)
+        return False
+
+    return match(0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeSpec:
+    """An exchange taskwarren needs: its name and type (all are durable)."""
+
+    name: str
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    """A durable queue taskwarren needs, with the arguments it declares it with."""
+
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class BindingSpec:
+    """A binding from exchange ``source`` to a queue (or, ``to_exchange``, an exchange)."""
+
+    source: str
+    destination: str
+    key: str
+    to_exchange: bool = False
+
+
+TopologyItem = ExchangeSpec | QueueSpec | BindingSpec
+
+
+def required_topology(
+    queues: Iterable[str],
+    subscriptions: Mapping[str, Sequence[str]],
+    queue_type: str,
+    delivery_limit: int,
+) -> list[TopologyItem]:
+    """Every exchange, queue and binding that ``queues`` and their subscriptions need.
+
+    Args:
+        queues: the task queues.
+        subscriptions: subscription patterns per queue (queues not in ``queues`` too).
+        queue_type: ``quorum`` or ``classic``.
+        delivery_limit: quorum queues' ``x-delivery-limit``.
+    """
+    items: list[TopologyItem] = [
+        ExchangeSpec(EXCHANGE, "direct"),
+        ExchangeSpec(DEAD_LETTER_EXCHANGE, "direct"),
+        ExchangeSpec(DELAY_DELIVER_EXCHANGE, "topic"),
+        ExchangeSpec(EVENTS_EXCHANGE, "topic"),
+        ExchangeSpec(BROADCAST_EXCHANGE, "fanout"),
+    ]
+    items += [ExchangeSpec(delay_exchange(level), "topic") for level in range(DELAY_LEVELS)]
+    for level in range(DELAY_LEVELS):
+        name = delay_exchange(level)
+        items.append(QueueSpec(name, {
+            "x-queue-type": "classic",
+            "x-message-ttl": level_ttl_ms(level),
+            "x-dead-letter-exchange": next_level_exchange(level),
+        }))
+        wait_key, pass_key = level_binding_keys(level)
+        items.append(BindingSpec(name, name, wait_key))
+        items.append(BindingSpec(name, next_level_exchange(level), pass_key, to_exchange=True))
+    for queue in sorted({*queues, *subscriptions}):
+        dead = dead_queue(queue)
+        items += [
+            QueueSpec(queue, queue_arguments(queue, queue_type, delivery_limit)),
+            QueueSpec(dead, {"x-queue-type": "classic"}),
+            BindingSpec(EXCHANGE, queue, queue),
+            BindingSpec(DELAY_DELIVER_EXCHANGE, queue, deliver_binding_key(queue)),
+            BindingSpec(DEAD_LETTER_EXCHANGE, dead, queue),
+        ]
+        items += [BindingSpec(EVENTS_EXCHANGE, queue, p) for p in subscriptions.get(queue, ())]
+    return items

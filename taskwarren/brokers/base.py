@@ -5,6 +5,9 @@ Every queue ``Q`` has a dead-letter queue ``Q.dead``; every broker can hold a me
 back for a delay without any process keeping it in memory. Brokers map their
 library's errors to :mod:`taskwarren.errors` at this edge.
 
+Events (a topic exchange), broadcasts (a fanout exchange) and topology inspection are
+optional: their default implementations raise :class:`NotSupportedError`.
+
 Threading: a :class:`Broker` is safe to share between threads (publishing from many
 web request threads at once). A :class:`Consumer` belongs to one I/O thread, except
 :meth:`Consumer.settle` and :meth:`Consumer.wakeup`, which any thread may call.
@@ -16,7 +19,9 @@ import abc
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from taskwarren.errors import NotSupportedError
 from taskwarren.message import Envelope
+from taskwarren.topology import TopologyItem
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +148,28 @@ class Consumer(abc.ABC):
     def close(self) -> None:
         """Close; unsettled deliveries go back to their queues."""
 
+    def subscribe(self, queue: str, patterns: Sequence[str]) -> None:
+        """Bind ``queue`` to the events matching ``patterns`` (durable topic bindings).
+
+        Done on connect and again after every reconnect, with the queue declared.
+
+        Raises:
+            NotSupportedError: this broker has no events.
+        """
+        raise NotSupportedError(f"events are not supported by the {type(self).__name__}")
+
+    def consume_broadcast(self, prefetch: int) -> None:
+        """Receive broadcasts: a queue of this consumer's own, bound to the fanout.
+
+        The queue lives as long as the connection (exclusive, auto-delete): a broadcast
+        sent while no queue of this consumer exists is never seen here. Its deliveries
+        carry ``queue=BROADCAST_EXCHANGE``.
+
+        Raises:
+            NotSupportedError: this broker has no broadcasts.
+        """
+        raise NotSupportedError(f"broadcasts are not supported by the {type(self).__name__}")
+
 
 class Broker(abc.ABC):
     """A place queues live."""
@@ -194,3 +221,60 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release connections."""
+
+    def bind_events(self, queue: str, patterns: Sequence[str]) -> None:
+        """Declare ``queue`` and bind it to the events matching ``patterns`` (durably).
+
+        Raises:
+            NotSupportedError: this broker has no events.
+        """
+        raise NotSupportedError(f"events are not supported by the {type(self).__name__}")
+
+    def publish_event(self, routing_key: str, envelope: Envelope) -> int | None:
+        """Publish an event (confirmed) to every queue whose subscription matches.
+
+        Returns:
+            How many queues it reached: ``0`` when none is bound (the broker returned
+            it), ``None`` when it reached at least one but the broker does not say
+            how many.
+
+        Raises:
+            PublishError: it was not confirmed.
+            NotSupportedError: this broker has no events.
+        """
+        raise NotSupportedError(f"events are not supported by the {type(self).__name__}")
+
+    def publish_broadcast(self, envelope: Envelope) -> int | None:
+        """Publish a broadcast (confirmed) to every worker process alive now.
+
+        Returns:
+            How many processes' queues it reached, as :meth:`publish_event`.
+
+        Raises:
+            PublishError: it was not confirmed.
+            NotSupportedError: this broker has no broadcasts.
+        """
+        raise NotSupportedError(f"broadcasts are not supported by the {type(self).__name__}")
+
+    def check_topology(self, items: Sequence[TopologyItem]) -> list[str]:
+        """What the broker has of each item, changing nothing: ``ok``, ``missing``,
+        ``differs: <why>`` or ``unknown: <why>``, in order.
+
+        Raises:
+            NotSupportedError: this broker cannot be inspected.
+        """
+        raise NotSupportedError(
+            f"topology inspection is not supported by the {type(self).__name__}")
+
+    def apply_topology(self, items: Sequence[TopologyItem]) -> list[str]:
+        """Create what is missing of ``items``; never delete or redeclare what differs.
+
+        Returns:
+            Per item: ``ok`` (was there), ``created``, ``differs: <why>`` (left alone),
+            or ``skipped: <why>``.
+
+        Raises:
+            NotSupportedError: this broker cannot be changed this way.
+        """
+        raise NotSupportedError(
+            f"topology changes are not supported by the {type(self).__name__}")

@@ -21,7 +21,7 @@ from taskwarren.brokers.base import (
     Requeue,
 )
 from taskwarren.message import Envelope, failure_headers, revived
-from taskwarren.topology import delay_seconds
+from taskwarren.topology import BROADCAST_EXCHANGE, delay_seconds, topic_matches
 
 
 @dataclass
@@ -48,6 +48,8 @@ class MemoryBroker(Broker):
         self._queues: dict[str, _Queue] = {}
         self._delayed: list[tuple[float, int, str, Envelope]] = []
         self._seq = itertools.count()
+        self._bindings: dict[str, set[str]] = {}
+        self._broadcast_queues: set[str] = set()
 
     def _queue(self, name: str) -> _Queue:
         q = self._queues.get(name)
@@ -83,6 +85,29 @@ class MemoryBroker(Broker):
 
     def consumer(self) -> MemoryConsumer:
         return MemoryConsumer(self)
+
+    def bind_events(self, queue: str, patterns: Sequence[str]) -> None:
+        with self._cond:
+            self._queue(queue)
+            self._bindings.setdefault(queue, set()).update(patterns)
+
+    def publish_event(self, routing_key: str, envelope: Envelope) -> int:
+        """Put a copy in every queue with a matching subscription; returns how many."""
+        with self._cond:
+            targets = [q for q, patterns in self._bindings.items()
+                       if any(topic_matches(p, routing_key) for p in patterns)]
+            for queue in targets:
+                self._queue(queue).ready.append((envelope, 0))
+            self._cond.notify_all()
+            return len(targets)
+
+    def publish_broadcast(self, envelope: Envelope) -> int:
+        """Put a copy in every consumer's broadcast queue; returns how many."""
+        with self._cond:
+            for queue in self._broadcast_queues:
+                self._queue(queue).ready.append((envelope, 0))
+            self._cond.notify_all()
+            return len(self._broadcast_queues)
 
     def stats(self, queue: str) -> QueueStats:
         with self._cond:
@@ -136,6 +161,19 @@ class MemoryConsumer(Consumer):
         self._tags = itertools.count(1)
         self._woken = False
         self._closed = False
+        self._broadcast_queue = ""
+
+    def subscribe(self, queue: str, patterns: Sequence[str]) -> None:
+        self._broker.bind_events(queue, patterns)
+
+    def consume_broadcast(self, prefetch: int) -> None:
+        broker = self._broker
+        with broker._cond:
+            if not self._broadcast_queue:
+                self._broadcast_queue = f"amq.gen-{next(broker._seq)}"
+                broker._broadcast_queues.add(self._broadcast_queue)
+            self._prefetch[self._broadcast_queue] = prefetch
+            self._held_per_queue.setdefault(self._broadcast_queue, 0)
 
     def consume(self, queue: str, prefetch: int, timeout_s: float | None = None) -> None:
         with self._broker._cond:
@@ -174,7 +212,8 @@ class MemoryConsumer(Consumer):
                 self._held[tag] = (queue, env, count)
                 self._held_per_queue[queue] += 1
                 q.unacked += 1
-                out.append(Delivery(env, queue, tag, count > 0, count))
+                shown = BROADCAST_EXCHANGE if queue == self._broadcast_queue else queue
+                out.append(Delivery(env, shown, tag, count > 0, count))
         return out
 
     def settle(self, delivery: Delivery, action: Action) -> None:
@@ -210,7 +249,8 @@ class MemoryConsumer(Consumer):
     def cancel(self) -> None:
         with self._broker._cond:
             for queue in self._prefetch:
-                self._broker._queue(queue).consumers -= 1
+                if queue != self._broadcast_queue:
+                    self._broker._queue(queue).consumers -= 1
             self._prefetch.clear()
 
     def close(self) -> None:
@@ -222,5 +262,8 @@ class MemoryConsumer(Consumer):
                 q = broker._queue(queue)
                 q.unacked -= 1
                 q.ready.appendleft((env, count + 1))
+            if self._broadcast_queue:  # exclusive and auto-delete: gone with its consumer
+                broker._broadcast_queues.discard(self._broadcast_queue)
+                broker._queues.pop(self._broadcast_queue, None)
             self._closed = True
             broker._cond.notify_all()

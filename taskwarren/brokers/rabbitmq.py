@@ -6,6 +6,7 @@ This is the only module that imports ``amqp``; its errors become ours here.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import select
@@ -42,10 +43,16 @@ from taskwarren.errors import (
 from taskwarren.message import Envelope, revived
 from taskwarren.settings import Settings, mask_url
 from taskwarren.topology import (
+    BROADCAST_EXCHANGE,
     DEAD_LETTER_EXCHANGE,
     DELAY_DELIVER_EXCHANGE,
     DELAY_LEVELS,
+    EVENTS_EXCHANGE,
     EXCHANGE,
+    BindingSpec,
+    ExchangeSpec,
+    QueueSpec,
+    TopologyItem,
     dead_queue,
     delay_entry_exchange,
     delay_exchange,
@@ -174,6 +181,7 @@ class _Link:
         self.generation = 0
         self.blocked: str | None = None
         self.declared: set[str] = set()
+        self.common_declared = False
         self._seq = 0
         self._unconfirmed: OrderedDict[int, tuple[str, Confirmation]] = OrderedDict()
         self._returned: dict[str, str] = {}
@@ -235,6 +243,7 @@ class _Link:
         self.generation += 1
         self.blocked = None
         self.declared = set()
+        self.common_declared = False
         self.last_used = time.monotonic()
 
     def _open_channel(self) -> None:
@@ -331,8 +340,7 @@ class _Link:
         if not todo:
             return
         ch = self.channel
-        if not self.declared:
-            self._declare_common()
+        self.declare_common()
         s = self.settings
         for queue in todo:
             try:
@@ -353,8 +361,19 @@ class _Link:
             ch.queue_bind(dead, DEAD_LETTER_EXCHANGE, queue)
             self.declared.add(queue)
 
-    def _declare_common(self) -> None:
+    def bind_events(self, queue: str, patterns: Iterable[str]) -> None:
+        """Declare ``queue`` and bind it to ``taskwarren.events`` for each pattern."""
+        self.declare_queues([queue])
+        for pattern in patterns:
+            self.channel.queue_bind(queue, EVENTS_EXCHANGE, pattern)
+
+    def declare_common(self) -> None:
+        """Declare the shared exchanges and the delay levels (once per connection)."""
+        if self.common_declared:
+            return
         ch = self.channel
+        ch.exchange_declare(EVENTS_EXCHANGE, "topic", durable=True, auto_delete=False)
+        ch.exchange_declare(BROADCAST_EXCHANGE, "fanout", durable=True, auto_delete=False)
         ch.exchange_declare(EXCHANGE, "direct", durable=True, auto_delete=False)
         ch.exchange_declare(DEAD_LETTER_EXCHANGE, "direct", durable=True, auto_delete=False)
         ch.exchange_declare(DELAY_DELIVER_EXCHANGE, "topic", durable=True, auto_delete=False)
@@ -371,6 +390,7 @@ class _Link:
             wait_key, pass_key = level_binding_keys(level)
             ch.queue_bind(name, name, wait_key)
             ch.exchange_bind(next_level_exchange(level), name, pass_key)
+        self.common_declared = True
 
 
 def _route(queue: str, delay_s: float, dead: bool) -> tuple[str, str]:
@@ -380,6 +400,22 @@ def _route(queue: str, delay_s: float, dead: bool) -> tuple[str, str]:
     if delay_s > 0:
         return delay_entry_exchange(delay_s), delay_routing_key(delay_s, queue)
     return EXCHANGE, queue
+
+
+def _declare(ch: Any, item: ExchangeSpec | QueueSpec, passive: bool) -> None:
+    if isinstance(item, ExchangeSpec):
+        ch.exchange_declare(item.name, item.kind, passive=passive, durable=True,
+                            auto_delete=False)
+    else:
+        ch.queue_declare(item.name, passive=passive, durable=True, auto_delete=False,
+                         arguments=item.arguments)
+
+
+def _bind(ch: Any, item: BindingSpec) -> None:
+    if item.to_exchange:
+        ch.exchange_bind(item.destination, item.source, item.key)
+    else:
+        ch.queue_bind(item.destination, item.source, item.key)
 
 
 def _envelope_of(msg: Any) -> Envelope:
@@ -459,6 +495,10 @@ class RabbitMQBroker(Broker):
         self, queue: str, envelopes: Sequence[Envelope], delay_s: float, dead: bool
     ) -> None:
         exchange, routing_key = _route(queue, delay_s, dead)
+        self._publish_to(queue, exchange, routing_key, envelopes)
+
+    def _publish_to(self, queue: str | None, exchange: str, routing_key: str,
+                    envelopes: Sequence[Envelope]) -> None:
         deadline = time.monotonic() + self.settings.publish_timeout_s
         todo: dict[str, Envelope] = {e.message_id: e for e in envelopes}
         with self._lock:
@@ -478,13 +518,16 @@ class RabbitMQBroker(Broker):
     def _publish_batch(
         self,
         link: _Link,
-        queue: str,
+        queue: str | None,
         exchange: str,
         routing_key: str,
         todo: dict[str, Envelope],
         deadline: float,
     ) -> None:
-        link.declare_queues([queue])
+        if queue is None:
+            link.declare_common()
+        else:
+            link.declare_queues([queue])
         failures: dict[str, str] = {}
 
         def confirmed(message_id: str) -> Confirmation:
@@ -524,6 +567,90 @@ class RabbitMQBroker(Broker):
             )
         with contextlib.suppress(TimeoutError):
             link.conn.drain_events(timeout=min(remaining, 1.0))
+
+    def publish_event(self, routing_key: str, envelope: Envelope) -> int | None:
+        """Publish mandatorily to ``taskwarren.events``, confirmed.
+
+        AMQP reports only the unroutable case (the broker returns the message before
+        confirming it): ``0``. Otherwise at least one queue has its copy, but the
+        broker does not say how many: ``None``.
+        """
+        return self._publish_counted(EVENTS_EXCHANGE, routing_key, envelope)
+
+    def publish_broadcast(self, envelope: Envelope) -> int | None:
+        """Publish mandatorily to ``taskwarren.broadcast``: ``0`` if no process listens."""
+        return self._publish_counted(BROADCAST_EXCHANGE, "", envelope)
+
+    def _publish_counted(self, exchange: str, routing_key: str, envelope: Envelope) -> int | None:
+        try:
+            self._publish_to(None, exchange, routing_key, [envelope])
+        except UnroutableError:
+            return 0
+        return None
+
+    def bind_events(self, queue: str, patterns: Sequence[str]) -> None:
+        with self._lock:
+            self._with_link(lambda link: link.bind_events(queue, patterns))
+
+    def check_topology(self, items: Sequence[TopologyItem]) -> list[str]:
+        """Passive declares tell what exists; for an existing queue or exchange, a declare
+        with our arguments on a throwaway channel tells whether they match (the broker
+        answers PRECONDITION_FAILED, and closes only that channel, when they differ; when
+        they match it is a no-op). Bindings cannot be read over AMQP: ``unknown``.
+        """
+        with self._lock:
+            result: list[str] = self._with_link(
+                lambda link: [self._check(link, item) for item in items])
+            return result
+
+    def apply_topology(self, items: Sequence[TopologyItem]) -> list[str]:
+        with self._lock:
+            result: list[str] = self._with_link(lambda link: self._apply(link, items))
+            return result
+
+    def _check(self, link: _Link, item: TopologyItem) -> str:
+        if isinstance(item, BindingSpec):
+            return "unknown"  # AMQP has no way to read bindings
+        exists = self._on_side_channel(link, lambda ch: _declare(ch, item, passive=True))
+        if exists is not None:
+            return "missing" if exists.reply_code == 404 else f"unknown: {exists.reply_text}"
+        differs = self._on_side_channel(link, lambda ch: _declare(ch, item, passive=False))
+        return "ok" if differs is None else f"differs: {differs.reply_text}"
+
+    def _on_side_channel(self, link: _Link, fn: Callable[[Any], None]) -> Any:
+        """Run ``fn`` on a throwaway channel; the broker's channel error, or ``None``."""
+        ch = link.conn.channel()
+        try:
+            fn(ch)
+        except amqp_errors.ChannelError as exc:
+            return exc  # py-amqp has reopened the channel: still ours to close
+        finally:
+            with contextlib.suppress(*_LINK_ERRORS, amqp_errors.AMQPError):
+                ch.close()
+        return None
+
+    def _apply(self, link: _Link, items: Sequence[TopologyItem]) -> list[str]:
+        out: list[str] = []
+        unusable: set[str] = set()
+        for item in items:
+            status = "ok" if isinstance(item, BindingSpec) else self._check(link, item)
+            if isinstance(item, BindingSpec):
+                if {item.source, item.destination} & unusable:
+                    out.append("skipped: its exchange or queue is not usable")
+                    continue
+                error = self._on_side_channel(link, functools.partial(_bind, item=item))
+                out.append("ok" if error is None else f"skipped: {error.reply_text}")
+            elif status == "missing":
+                error = self._on_side_channel(
+                    link, functools.partial(_declare, item=item, passive=False))
+                out.append("created" if error is None else f"skipped: {error.reply_text}")
+                if error is not None:
+                    unusable.add(item.name)
+            else:
+                out.append(status)
+                if status != "ok":
+                    unusable.add(item.name)
+        return out
 
     def consumer(self) -> RabbitMQConsumer:
         return RabbitMQConsumer(self.settings, self.endpoints)
@@ -632,6 +759,8 @@ class RabbitMQConsumer(Consumer):
         self._prefetch: dict[str, int] = {}
         self._timeouts: dict[str, float] = {}
         self._consumer_tags: dict[str, str] = {}
+        self._subscriptions: dict[str, list[str]] = {}
+        self._broadcast_prefetch: int | None = None
         self._incoming: list[Delivery] = []
         self._unacked: deque[int] = deque()
         self._done: set[int] = set()
@@ -653,9 +782,13 @@ class RabbitMQConsumer(Consumer):
         self._done.clear()
         self._link.connect(deadline)
         self._link.declare_queues(self._prefetch)
+        for queue, patterns in self._subscriptions.items():
+            self._link.bind_events(queue, patterns)
         if not self._cancelled:
             for queue, prefetch in self._prefetch.items():
                 self._start(queue, prefetch)
+            if self._broadcast_prefetch is not None:
+                self._start_broadcast(self._broadcast_prefetch)
 
     def _lost(self, exc: BaseException) -> None:
         log.warning("consumer.link_lost", error=str(exc) or type(exc).__name__)
@@ -673,6 +806,19 @@ class RabbitMQConsumer(Consumer):
         self._consumer_tags[queue] = ch.basic_consume(
             queue, callback=self._receiver(queue), no_ack=False, arguments=arguments
         )
+
+    def _start_broadcast(self, prefetch: int) -> None:
+        # A new server-named queue on every connection: broadcasts sent while this
+        # process had no queue (before it started, during a reconnect) never reach it.
+        link = self._link
+        link.declare_common()
+        ch = link.channel
+        name = ch.queue_declare("", durable=False, exclusive=True, auto_delete=True,
+                                arguments={"x-queue-type": "classic"})[0]
+        ch.queue_bind(name, BROADCAST_EXCHANGE, "")
+        ch.basic_qos(0, prefetch, False)
+        self._consumer_tags[BROADCAST_EXCHANGE] = ch.basic_consume(
+            name, callback=self._receiver(BROADCAST_EXCHANGE), no_ack=False)
 
     def _receiver(self, queue: str) -> Callable[[Any], None]:
         generation = self._link.generation
@@ -705,6 +851,26 @@ class RabbitMQConsumer(Consumer):
         try:
             self._link.declare_queues([queue])
             self._start(queue, prefetch)
+        except _LINK_ERRORS as exc:
+            self._lost(exc)
+
+    def subscribe(self, queue: str, patterns: Sequence[str]) -> None:
+        self._subscriptions[queue] = list(patterns)
+        if not self._link.connected:
+            return  # the next poll connects and binds every subscription
+        try:
+            self._link.bind_events(queue, patterns)
+        except _LINK_ERRORS as exc:
+            self._lost(exc)
+
+    def consume_broadcast(self, prefetch: int) -> None:
+        if self._broadcast_prefetch is not None:
+            return
+        self._broadcast_prefetch = prefetch
+        if not self._link.connected or self._cancelled:
+            return
+        try:
+            self._start_broadcast(prefetch)
         except _LINK_ERRORS as exc:
             self._lost(exc)
 

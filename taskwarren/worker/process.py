@@ -25,7 +25,7 @@ import structlog
 
 from taskwarren.app import Warren
 from taskwarren.brokers.base import REQUEUE, Consumer, Delivery
-from taskwarren.errors import SoftTimeLimitExceeded, TimeLimitExceeded
+from taskwarren.errors import NotSupportedError, SoftTimeLimitExceeded, TimeLimitExceeded
 from taskwarren.middleware import Chain, Middleware
 from taskwarren.task import Task
 from taskwarren.worker.execute import Executor, dead_letter, failure_action
@@ -166,6 +166,7 @@ class WorkerChild:
             self.on_signals_ready()
         consumer = self._consumer = self.app.broker.consumer()
         timeout_s = consumer_timeout_s(self.app)
+        self._listen(consumer)
         for name, state in self._queues.items():
             consumer.consume(name, state.prefetch, timeout_s)
         for t in range(self.threads):
@@ -188,6 +189,22 @@ class WorkerChild:
             if self.pinned_prefetch is None:
                 self._adapt_prefetch()
         return self._shutdown(consumer)
+
+    def _listen(self, consumer: Consumer) -> None:
+        """Bind this child's event subscriptions and listen for broadcasts.
+
+        On a broker without them the tasks still run when sent directly: say so, once
+        per child, rather than refuse to work.
+        """
+        try:
+            for name, patterns in self.app.subscriptions(self.queues).items():
+                consumer.subscribe(name, patterns)  # durable bindings, made before consuming
+            if self.app.has_broadcasts():
+                consumer.consume_broadcast(self.threads)
+        except NotSupportedError as exc:
+            if self.index == 0:
+                log.warning("worker.events_unsupported", error=str(exc),
+                            broker=self.app.broker_location)
 
     def _timeout(self) -> float:
         now = time.monotonic()

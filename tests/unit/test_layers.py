@@ -56,7 +56,7 @@ def test_only_the_rabbitmq_broker_imports_amqp() -> None:
 def test_the_public_names_are_exactly_these() -> None:
     assert sorted(taskwarren.__all__) == sorted([
         "Backoff", "Retry", "SoftTimeLimitExceeded", "Task", "TaskwarrenError", "Warren",
-        "__version__", "task",
+        "__version__", "publish", "task",
     ])
     for name in taskwarren.__all__:
         assert getattr(taskwarren, name).__doc__ or name == "__version__", name

@@ -10,6 +10,11 @@ Two queues, so storage problems never hold up analysis and vice versa:
 ``email.store``
     :func:`store_result` upserts the result by Message-ID, so running it twice
     for the same message (at-least-once delivery) leaves one row.
+``email.flagged``
+    A message scoring :data:`FLAG_SCORE` or more is also published as the event
+    ``email.flagged`` (a :class:`FlaggedEmail`); :func:`record_flagged` subscribes
+    to it and records it. Other teams subscribe their own tasks, on their own
+    queues, without touching this module; each gets its own copy.
 
 Run a pool with ``taskwarren worker workers.email_analysis.tasks -c 2``;
 ``TASKWARREN_URL`` picks the broker and ``EMAIL_ANALYSIS_DB`` the results store.
@@ -18,18 +23,53 @@ Run a pool with ``taskwarren worker workers.email_analysis.tasks -c 2``;
 # No ``from __future__ import annotations`` here: taskwarren builds each task's
 # argument model from ``inspect.signature``, which would then see the string
 # "Analysis" instead of the class.
+import json
+import os
 from functools import lru_cache
 
+import structlog
+from pydantic import BaseModel
+
 from taskwarren import task
+from taskwarren.errors import NotSupportedError
 
 from . import store
 from .analysis import Analysis, AnalysisConfig, analyse
 from .files import UnreadableMessageError, read_message_file
 
-__all__ = ["INGEST_QUEUE", "STORE_QUEUE", "UnreadableMessageError", "ingest", "store_result"]
+__all__ = [
+    "FLAGGED_EVENT",
+    "FLAGGED_QUEUE",
+    "FLAG_SCORE",
+    "INGEST_QUEUE",
+    "STORE_QUEUE",
+    "FlaggedEmail",
+    "UnreadableMessageError",
+    "ingest",
+    "record_flagged",
+    "store_result",
+]
 
 INGEST_QUEUE = "email.ingest"
 STORE_QUEUE = "email.store"
+#: Routing key of the event published for a message that scores high.
+FLAGGED_EVENT = "email.flagged"
+#: Queue of :func:`record_flagged`, the pipeline's own subscriber.
+FLAGGED_QUEUE = "email.flagged"
+#: Score from which a message is flagged.
+FLAG_SCORE = 70
+
+log = structlog.get_logger("email_analysis")
+
+
+class FlaggedEmail(BaseModel):
+    """The ``email.flagged`` event: a message that scored :data:`FLAG_SCORE` or more."""
+
+    message_id: str
+    score: int
+    reasons: list[str]
+    sender_domain: str | None = None
+    subject: str | None = None
 
 
 @lru_cache(maxsize=1)
@@ -59,3 +99,34 @@ def ingest(path: str, message_id: str) -> None:
     raw = read_message_file(path)
     result = analyse(raw, message_id, config=_config())
     store_result.send(analysis=result)
+    if result.score >= FLAG_SCORE:
+        _publish_flagged(result)
+
+
+def _publish_flagged(result: Analysis) -> None:
+    event = FlaggedEmail(message_id=result.message_id, score=result.score,
+                         reasons=result.reasons, sender_domain=result.sender_domain,
+                         subject=result.subject)
+    try:
+        # Through the app this module's tasks send with (tests swap store_result).
+        store_result.app.publish_event(FLAGGED_EVENT, event)
+    except NotSupportedError:
+        # The embedded SQLite broker has no events yet: the analysis is stored anyway.
+        log.info("email.flag_not_published", message_id=result.message_id,
+                 reason="the broker has no events")
+
+
+@task(queue=FLAGGED_QUEUE, subscribe=[FLAGGED_EVENT], retries=5, time_limit=30)
+def record_flagged(event: FlaggedEmail) -> None:
+    """Record a flagged message: a structured log line, and a JSON line appended to
+    ``EMAIL_FLAGGED_LOG`` when that is set."""
+    log.warning("email.flagged", message_id=event.message_id, score=event.score,
+                sender_domain=event.sender_domain)
+    path = os.environ.get("EMAIL_FLAGGED_LOG", "").strip()
+    if path:
+        line = (json.dumps(event.model_dump(), separators=(",", ":")) + "\n").encode()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)  # one write per line: safe from many processes
+        finally:
+            os.close(fd)
