@@ -52,7 +52,7 @@ from taskwarren.brokers.base import (
 )
 from taskwarren.errors import BrokerError, ConfigurationError, PublishError
 from taskwarren.message import Envelope, failure_headers, revived
-from taskwarren.topology import MAX_DELAY_S, delay_seconds
+from taskwarren.topology import BROADCAST_EXCHANGE, MAX_DELAY_S, delay_seconds, topic_matches
 
 log = structlog.get_logger("taskwarren.sqlite")
 
@@ -109,7 +109,14 @@ _SCHEMA = (
         owner TEXT NOT NULL,
         queue TEXT NOT NULL,
         PRIMARY KEY (owner, queue)) WITHOUT ROWID""",
+    # Event subscriptions: the topic exchange's bindings.
+    """CREATE TABLE IF NOT EXISTS bindings (
+        queue TEXT NOT NULL,
+        pattern TEXT NOT NULL,
+        PRIMARY KEY (queue, pattern)) WITHOUT ROWID""",
 )
+#: Prefix of a consumer's own broadcast queue (lives as long as the consumer).
+_BROADCAST_PREFIX = BROADCAST_EXCHANGE + "."
 
 _INSERT = """INSERT INTO messages
     (queue, message_id, body, headers, content_type, timestamp, ready_at)
@@ -453,6 +460,41 @@ class SQLiteBroker(Broker):
     def consumer(self) -> SQLiteConsumer:
         return SQLiteConsumer(self)
 
+    def bind_events(self, queue: str, patterns: Sequence[str]) -> None:
+        with self._lock, _mapped(f"cannot bind {queue!r}"):
+            conn = self._connection()
+            with _transaction(conn):
+                conn.executemany("INSERT OR IGNORE INTO bindings (queue, pattern) VALUES (?, ?)",
+                                 [(queue, p) for p in patterns])
+
+    def publish_event(self, routing_key: str, envelope: Envelope) -> int:
+        """One copy in every queue with a matching subscription, in one transaction."""
+        now = time.time()
+        with self._lock, _mapped(f"publish of event {routing_key!r} failed", PublishError):
+            conn = self._connection()
+            with _transaction(conn):
+                bindings = conn.execute("SELECT queue, pattern FROM bindings").fetchall()
+                targets = sorted({q for q, p in bindings if topic_matches(p, routing_key)})
+                conn.executemany(_INSERT, [_row(q, envelope, now) for q in targets])
+        self.waker.notify(targets)
+        return len(targets)
+
+    def publish_broadcast(self, envelope: Envelope) -> int:
+        """One copy in the broadcast queue of every consumer alive now."""
+        now = time.time()
+        with self._lock, _mapped("broadcast failed", PublishError):
+            conn = self._connection()
+            with _transaction(conn):
+                listeners = [q for (q,) in conn.execute(
+                    "SELECT queue FROM consumers WHERE substr(queue, 1, ?) = ?",
+                    (len(_BROADCAST_PREFIX), _BROADCAST_PREFIX))]
+                directory = self.waker.directory
+                alive = [q for q in listeners
+                         if _owner_alive(q[len(_BROADCAST_PREFIX):], directory) is not False]
+                conn.executemany(_INSERT, [_row(q, envelope, now) for q in alive])
+        self.waker.notify(alive)
+        return len(alive)
+
     def stats(self, queue: str) -> QueueStats:
         now = time.time()
         with self._lock, _mapped(f"stats of {queue!r}"):
@@ -589,6 +631,7 @@ class SQLiteConsumer(Consumer):
         self._next_housekeeping = 0.0
         self._extend_at = math.inf
         self._failing_since: float | None = None
+        self._broadcast_queue = ""
         _LIVE.add(self)
 
     def _forsake(self) -> None:
@@ -611,6 +654,14 @@ class SQLiteConsumer(Consumer):
         return self._conn
 
     # -- the contract -------------------------------------------------------------------
+
+    def subscribe(self, queue: str, patterns: Sequence[str]) -> None:
+        self._broker.bind_events(queue, patterns)
+
+    def consume_broadcast(self, prefetch: int) -> None:
+        # A queue of this consumer's own: deleted with it, or when its owner is found dead.
+        self._broadcast_queue = _BROADCAST_PREFIX + self.owner
+        self.consume(self._broadcast_queue, prefetch)
 
     def consume(self, queue: str, prefetch: int, timeout_s: float | None = None) -> None:
         conn = self._db()
@@ -699,6 +750,8 @@ class SQLiteConsumer(Consumer):
                     _, woke = self._apply(conn, todo)
                     woke |= self._broker._release(conn, "owner = ?", (self.owner,))
                     conn.execute("DELETE FROM consumers WHERE owner = ?", (self.owner,))
+                    conn.execute("DELETE FROM messages WHERE queue = ?",
+                                 (_BROADCAST_PREFIX + self.owner,))
                 self._held.clear()
                 self._broker.waker.notify(woke)
         except sqlite3.Error as exc:
@@ -834,6 +887,8 @@ class SQLiteConsumer(Consumer):
     def _reclaim(self, conn: sqlite3.Connection, now: float, orphans: list[str]) -> set[str]:
         woke = self._broker._release(conn, "owner IS NOT NULL AND lease_until < ?", (now,))
         for owner in orphans:
+            # Broadcasts were for that process alone: they die with it.
+            conn.execute("DELETE FROM messages WHERE queue = ?", (_BROADCAST_PREFIX + owner,))
             woke |= self._broker._release(conn, "owner = ?", (owner,))
             conn.execute("DELETE FROM consumers WHERE owner = ?", (owner,))
         if woke or orphans:
@@ -867,7 +922,8 @@ class SQLiteConsumer(Consumer):
             tag = next(self._tags)
             self._held[tag] = (seq, queue, str(row[0]))
             self._held_per_queue[queue] += 1
-            out.append(Delivery(_envelope(row), queue, tag, count > 0, count))
+            shown = BROADCAST_EXCHANGE if queue == self._broadcast_queue else queue
+            out.append(Delivery(_envelope(row), shown, tag, count > 0, count))
         return out
 
     def _probe(self, conn: sqlite3.Connection, queues: list[str],

@@ -31,7 +31,6 @@ import structlog
 from pydantic import BaseModel
 
 from taskwarren import task
-from taskwarren.errors import NotSupportedError
 
 from . import store
 from .analysis import Analysis, AnalysisConfig, analyse
@@ -107,13 +106,8 @@ def _publish_flagged(result: Analysis) -> None:
     event = FlaggedEmail(message_id=result.message_id, score=result.score,
                          reasons=result.reasons, sender_domain=result.sender_domain,
                          subject=result.subject)
-    try:
-        # Through the app this module's tasks send with (tests swap store_result).
-        store_result.app.publish_event(FLAGGED_EVENT, event)
-    except NotSupportedError:
-        # The embedded SQLite broker has no events yet: the analysis is stored anyway.
-        log.info("email.flag_not_published", message_id=result.message_id,
-                 reason="the broker has no events")
+    # Through the app this module's tasks send with (tests swap store_result).
+    store_result.app.publish_event(FLAGGED_EVENT, event)
 
 
 @task(queue=FLAGGED_QUEUE, subscribe=[FLAGGED_EVENT], retries=5, time_limit=30)
