@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
+from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from taskwarren.brokers.base import ACK, Action, Delivery, Republish
 from taskwarren.errors import (
@@ -182,28 +183,43 @@ class Executor:
             delivery: what to run.
             on_start: called with the task just before its function runs.
         """
-        bound = log.bind(task_id=delivery.envelope.message_id, queue=delivery.queue,
-                         attempt=delivery.envelope.attempt)
+        envelope = delivery.envelope
+        # Bound for the task's duration: every log line the task itself writes with
+        # structlog carries them too.
+        tokens = bind_contextvars(task_id=envelope.message_id, task=envelope.task or None,
+                                  queue=delivery.queue, attempt=envelope.attempt)
+        try:
+            return self._run(delivery, on_start)
+        finally:
+            reset_contextvars(**tokens)
+
+    def _run(
+        self, delivery: Delivery, on_start: Callable[[Task[Any, Any]], None] | None
+    ) -> Result:
+        log.debug("task.received", redelivered=delivery.redelivered)
         task: Task[Any, Any] | None = None
         try:
             task = self.resolve(delivery)
             kwargs = self.decode(delivery, task)
         except (MessageError, ArgumentsError) as exc:
             name = task.name if task is not None else delivery.envelope.task
-            bound.error("message.rejected", task=name, routing_key=delivery.envelope.event or None,
-                        error_type=type(exc).__name__, error=str(exc))
+            log.error("message.rejected", task=name, routing_key=delivery.envelope.event or None,
+                      error_type=type(exc).__name__, error=str(exc))
             action = dead_letter(delivery, type(exc).__name__, str(exc), reason=str(exc),
                                  task=task)
             return Result(action, "rejected", task=name, error=exc)
         if on_start is not None:
             on_start(task)
+        log.debug("task.started", task=task.name)
         started = time.perf_counter()
         try:
             task.fn(**kwargs)
         except Exception as exc:
             duration = time.perf_counter() - started
             action, outcome = failure_action(delivery, task, exc, traceback.format_exc())
-            bound.warning(f"task.{outcome}", task=task.name, duration_s=round(duration, 6),
-                          error_type=type(exc).__name__, error=str(exc))
+            log.warning(f"task.{outcome}", task=task.name, duration_s=round(duration, 6),
+                        error_type=type(exc).__name__, error=str(exc))
             return Result(action, outcome, duration, task.name, exc)
-        return Result(ACK, "succeeded", time.perf_counter() - started, task.name)
+        duration = time.perf_counter() - started
+        log.debug("task.succeeded", task=task.name, duration_s=round(duration, 6))
+        return Result(ACK, "succeeded", duration, task.name)

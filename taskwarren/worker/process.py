@@ -237,6 +237,7 @@ class WorkerChild:
     # -- executor threads -----------------------------------------------------------------
 
     def _work(self, thread_index: int) -> None:
+        structlog.contextvars.bind_contextvars(worker_pid=os.getpid(), child=self.index)
         consumer = self._consumer
         assert consumer is not None
         ident = threading.get_ident()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -61,3 +62,52 @@ def test_metrics_count_tasks_of_every_child_and_health_asks_the_pool(
         assert pool.stop() == 0
     finally:
         pool.kill()
+
+
+def test_every_task_event_is_one_json_line_with_the_task_context(
+    queue: str, ledger: Ledger, rabbit_url: str, tmp_path: Path
+) -> None:
+    import json
+
+    log_file = open(tmp_path / "debug.log", "wb")  # noqa: SIM115 - closed below
+    env = {k: v for k, v in os.environ.items() if k != "TASKWARREN_URL"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "taskwarren", "--log-format", "json", "--log-level", "DEBUG",
+         "worker", MODULE, "-c", "1", "-Q", queue, "--url", rabbit_url],
+        cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, stderr=log_file,
+        start_new_session=True)
+    try:
+        ok_id = twtasks.work.options(queue=queue).send(1, str(ledger))
+        bad_id = twtasks.work.options(queue=queue).send(2, str(ledger), mode="raise")
+        wait_until(lambda: ledger.count("start")[2] == 1 and ledger.count("end")[1] == 1, 30,
+                   what="both tasks")
+        wait_until(lambda: "task.dead_lettered" in (tmp_path / "debug.log").read_text(), 10,
+                   what="the failure logged")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log_file.close()
+    events = [json.loads(line) for line in (tmp_path / "debug.log").read_text().splitlines()
+              if line.startswith("{")]
+    mine = [e for e in events if e.get("task_id") in (ok_id, bad_id)]
+    by_event = {(e["event"], e["task_id"]): e for e in mine}
+    for name in ("task.received", "task.started", "task.succeeded"):
+        e = by_event[(name, ok_id)]
+        assert e["queue"] == queue and e["attempt"] == 0 and e["worker_pid"] > 0
+    assert by_event[("task.succeeded", ok_id)]["duration_s"] >= 0
+    failed = by_event[("task.dead_lettered", bad_id)]
+    assert failed["error_type"] == "ValueError" and failed["task"].endswith("twtasks.work")
+    assert all("guest:guest" not in line for line in (tmp_path / "debug.log").read_text()
+               .splitlines()), "the broker password is never logged"
+
+
+def test_queues_json_reports_what_was_sent(queue: str, ledger: Ledger, rabbit_url: str) -> None:
+    import json
+
+    twtasks.work.options(queue=queue).send_many(
+        [{"n": i, "ledger": str(ledger)} for i in range(7)])
+    out = subprocess.run([sys.executable, "-m", "taskwarren", "queues", queue, "--json",
+                          "--url", rabbit_url], capture_output=True, text=True, cwd=ROOT,
+                         timeout=60, check=True).stdout
+    (row,) = json.loads(out)
+    assert row["queue"] == queue and row["ready"] == 7 and row["dead"] == 0
