@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -168,6 +169,36 @@ def queues(queue_names: tuple[str, ...], url: str | None, as_json: bool) -> None
     for r in rows:
         cells = (r.ready, _dash(r.unacked), _dash(r.consumers), r.dead, _dash(r.delayed))
         click.echo(f"{r.queue:30} " + " ".join(f"{c!s:>9}" for c in cells))
+
+
+@main.command()
+@click.option("--url", default=None)
+@click.option("--listen", type=float, default=2.5, show_default=True,
+              help="Seconds to listen for announcements (pools announce every second).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def workers(url: str | None, listen: float, as_json: bool) -> None:
+    """Live worker pools, discovered through the broker: host, pid, children, queues."""
+    heard = _broker_app(url).broker.presence(listen)
+    pools: dict[tuple[str, int], dict[str, Any]] = {}
+    now = time.time()
+    for info in heard:
+        key = (str(info["host"]), int(info["pool_pid"]))
+        pool = pools.setdefault(key, {"host": key[0], "pid": key[1], "children": {},
+                                      "queues": set(), "started_at": now})
+        pool["children"][info["pid"]] = int(info["in_flight"])  # the latest wins
+        pool["queues"].update(info["queues"])
+        pool["started_at"] = min(pool["started_at"], float(info["started_at"]))
+    rows = [{"host": p["host"], "pid": p["pid"], "children": len(p["children"]),
+             "queues": sorted(p["queues"]), "in_flight": sum(p["children"].values()),
+             "uptime_s": round(now - p["started_at"], 1)} for p in pools.values()]
+    rows.sort(key=lambda r: (r["host"], r["pid"]))
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    click.echo(f"{'host':20} {'pid':>8} {'children':>8} {'in flight':>9} {'uptime s':>9}  queues")
+    for r in rows:
+        click.echo(f"{r['host']:20} {r['pid']:>8} {r['children']:>8} {r['in_flight']:>9} "
+                   f"{r['uptime_s']:>9}  {','.join(r['queues'])}")
 
 
 def _dash(value: int | None) -> str:

@@ -170,6 +170,8 @@ def queue_arguments(
 EVENTS_EXCHANGE = "taskwarren.events"
 #: The durable fanout exchange broadcasts go to; every worker process binds a queue of its own.
 BROADCAST_EXCHANGE = "taskwarren.broadcast"
+#: The fanout exchange worker processes announce themselves on (``taskwarren workers``).
+PRESENCE_EXCHANGE = "taskwarren.presence"
 
 _WORD_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from taskwarren.errors import NotSupportedError
 from taskwarren.message import Envelope
@@ -170,6 +171,16 @@ class Consumer(abc.ABC):
         """
         raise NotSupportedError(f"broadcasts are not supported by the {type(self).__name__}")
 
+    def announce(self, info: dict[str, Any]) -> None:
+        """Tell whoever is listening that this worker process is alive (``info``: JSON).
+
+        Called about once a second; costs next to nothing when nobody listens.
+
+        Raises:
+            NotSupportedError: this broker cannot carry presence.
+        """
+        raise NotSupportedError(f"presence is not supported by the {type(self).__name__}")
+
 
 class Broker(abc.ABC):
     """A place queues live."""
@@ -255,6 +266,14 @@ class Broker(abc.ABC):
             NotSupportedError: this broker has no broadcasts.
         """
         raise NotSupportedError(f"broadcasts are not supported by the {type(self).__name__}")
+
+    def presence(self, listen_s: float) -> list[dict[str, Any]]:
+        """What live worker processes announced during the next ``listen_s`` seconds.
+
+        Raises:
+            NotSupportedError: this broker cannot carry presence.
+        """
+        raise NotSupportedError(f"presence is not supported by the {type(self).__name__}")
 
     def check_topology(self, items: Sequence[TopologyItem]) -> list[str]:
         """What the broker has of each item, changing nothing: ``ok``, ``missing``,

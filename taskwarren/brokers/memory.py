@@ -9,6 +9,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from taskwarren.brokers.base import (
     Ack,
@@ -50,6 +51,7 @@ class MemoryBroker(Broker):
         self._seq = itertools.count()
         self._bindings: dict[str, set[str]] = {}
         self._broadcast_queues: set[str] = set()
+        self._presence: dict[int, dict[str, Any]] = {}
 
     def _queue(self, name: str) -> _Queue:
         q = self._queues.get(name)
@@ -100,6 +102,11 @@ class MemoryBroker(Broker):
                 self._queue(queue).ready.append((envelope, 0))
             self._cond.notify_all()
             return len(targets)
+
+    def presence(self, listen_s: float) -> list[dict[str, Any]]:
+        """What open consumers last announced."""
+        with self._cond:
+            return list(self._presence.values())
 
     def publish_broadcast(self, envelope: Envelope) -> int:
         """Put a copy in every consumer's broadcast queue; returns how many."""
@@ -165,6 +172,11 @@ class MemoryConsumer(Consumer):
 
     def subscribe(self, queue: str, patterns: Sequence[str]) -> None:
         self._broker.bind_events(queue, patterns)
+
+    def announce(self, info: dict[str, Any]) -> None:
+        with self._broker._cond:
+            if not self._closed:
+                self._broker._presence[id(self)] = dict(info)
 
     def consume_broadcast(self, prefetch: int) -> None:
         broker = self._broker
@@ -266,4 +278,5 @@ class MemoryConsumer(Consumer):
                 broker._broadcast_queues.discard(self._broadcast_queue)
                 broker._queues.pop(self._broadcast_queue, None)
             self._closed = True
+            broker._presence.pop(id(self), None)
             broker._cond.notify_all()

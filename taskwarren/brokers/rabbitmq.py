@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import random
 import select
@@ -40,7 +41,7 @@ from taskwarren.errors import (
     PublishTimeoutError,
     UnroutableError,
 )
-from taskwarren.message import Envelope, revived
+from taskwarren.message import Envelope, new_task_id, revived
 from taskwarren.settings import Settings, mask_url
 from taskwarren.topology import (
     BROADCAST_EXCHANGE,
@@ -49,6 +50,7 @@ from taskwarren.topology import (
     DELAY_LEVELS,
     EVENTS_EXCHANGE,
     EXCHANGE,
+    PRESENCE_EXCHANGE,
     BindingSpec,
     ExchangeSpec,
     QueueSpec,
@@ -124,6 +126,10 @@ def parse_urls(url: str) -> list[Endpoint]:
 
 
 Confirmation = Callable[[str | None], None]
+
+
+def _ignore_confirm(error: str | None) -> None:
+    """For announcements: nothing depends on their delivery."""
 
 #: Bytes gathered before a corked connection writes them out.
 CORK_BYTES = 128 * 1024
@@ -312,11 +318,15 @@ class _Link:
                 item[1](confirm_error)
 
     def publish(
-        self, exchange: str, routing_key: str, envelope: Envelope, confirm: Confirmation
+        self, exchange: str, routing_key: str, envelope: Envelope, confirm: Confirmation,
+        transient: bool = False,
     ) -> None:
-        """Publish persistently and mandatorily; ``confirm`` is called with the outcome."""
+        """Publish persistently and mandatorily; ``confirm`` is called with the outcome.
+
+        ``transient``: neither persistent nor mandatory (presence announcements).
+        """
         props: dict[str, Any] = {
-            "delivery_mode": 2,
+            "delivery_mode": 1 if transient else 2,
             "content_type": envelope.content_type,
             "message_id": envelope.message_id,
             "app_id": "taskwarren",
@@ -325,7 +335,8 @@ class _Link:
         if envelope.timestamp:
             props["timestamp"] = envelope.timestamp
         msg = amqp.Message(envelope.body, **props)
-        self.channel.basic_publish(msg, exchange=exchange, routing_key=routing_key, mandatory=True)
+        self.channel.basic_publish(msg, exchange=exchange, routing_key=routing_key,
+                                   mandatory=not transient)
         self._seq += 1
         self._unconfirmed[self._seq] = (envelope.message_id, confirm)
         self.last_used = time.monotonic()
@@ -374,6 +385,7 @@ class _Link:
         ch = self.channel
         ch.exchange_declare(EVENTS_EXCHANGE, "topic", durable=True, auto_delete=False)
         ch.exchange_declare(BROADCAST_EXCHANGE, "fanout", durable=True, auto_delete=False)
+        ch.exchange_declare(PRESENCE_EXCHANGE, "fanout", durable=True, auto_delete=False)
         ch.exchange_declare(EXCHANGE, "direct", durable=True, auto_delete=False)
         ch.exchange_declare(DEAD_LETTER_EXCHANGE, "direct", durable=True, auto_delete=False)
         ch.exchange_declare(DELAY_DELIVER_EXCHANGE, "topic", durable=True, auto_delete=False)
@@ -652,6 +664,29 @@ class RabbitMQBroker(Broker):
                     unusable.add(item.name)
         return out
 
+    def presence(self, listen_s: float) -> list[dict[str, Any]]:
+        heard: list[dict[str, Any]] = []
+
+        def listen(link: _Link) -> None:
+            link.declare_common()
+            ch = link.conn.channel()
+            try:
+                name = ch.queue_declare("", exclusive=True, auto_delete=True,
+                                        arguments={"x-queue-type": "classic"})[0]
+                ch.queue_bind(name, PRESENCE_EXCHANGE, "")
+                ch.basic_consume(name, no_ack=True, callback=lambda m: heard.append(
+                    json.loads(m.body)))
+                deadline = time.monotonic() + listen_s
+                while (remaining := deadline - time.monotonic()) > 0:
+                    with contextlib.suppress(TimeoutError):
+                        link.conn.drain_events(timeout=remaining)
+            finally:
+                ch.close()
+
+        with self._lock:
+            self._with_link(listen)
+        return heard
+
     def consumer(self) -> RabbitMQConsumer:
         return RabbitMQConsumer(self.settings, self.endpoints)
 
@@ -860,6 +895,16 @@ class RabbitMQConsumer(Consumer):
             return  # the next poll connects and binds every subscription
         try:
             self._link.bind_events(queue, patterns)
+        except _LINK_ERRORS as exc:
+            self._lost(exc)
+
+    def announce(self, info: dict[str, Any]) -> None:
+        if not self._link.connected:
+            return  # the next announcement, after the reconnect, will do
+        envelope = Envelope(message_id=new_task_id(), body=json.dumps(info).encode())
+        try:
+            self._link.declare_common()
+            self._link.publish(PRESENCE_EXCHANGE, "", envelope, _ignore_confirm, transient=True)
         except _LINK_ERRORS as exc:
             self._lost(exc)
 

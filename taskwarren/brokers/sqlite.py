@@ -64,6 +64,8 @@ HOUSEKEEPING_S = 2.0
 BUSY_TIMEOUT_S = 30.0
 #: Seconds of failing polls after which a consumer gives up and raises.
 GIVE_UP_S = 60.0
+#: Shortest interval between two stored announcements of one consumer.
+PRESENCE_WRITE_S = 5.0
 #: Schema version, kept in ``PRAGMA user_version``.
 SCHEMA_VERSION = 1
 #: Longest socket path we bind (``sun_path`` holds 108 bytes on Linux, 104 on macOS).
@@ -109,6 +111,11 @@ _SCHEMA = (
         owner TEXT NOT NULL,
         queue TEXT NOT NULL,
         PRIMARY KEY (owner, queue)) WITHOUT ROWID""",
+    # What each live worker process last announced (``taskwarren workers``).
+    """CREATE TABLE IF NOT EXISTS presence (
+        owner TEXT PRIMARY KEY,
+        info TEXT NOT NULL,
+        seen_at REAL NOT NULL) WITHOUT ROWID""",
     # Event subscriptions: the topic exchange's bindings.
     """CREATE TABLE IF NOT EXISTS bindings (
         queue TEXT NOT NULL,
@@ -479,6 +486,14 @@ class SQLiteBroker(Broker):
         self.waker.notify(targets)
         return len(targets)
 
+    def presence(self, listen_s: float) -> list[dict[str, Any]]:
+        """The announcements of consumers alive now (no need to listen: they are stored)."""
+        with self._lock, _mapped("cannot read presence"):
+            rows = self._connection().execute("SELECT owner, info FROM presence").fetchall()
+        directory = self.waker.directory
+        return [json.loads(info) for owner, info in rows
+                if _owner_alive(owner, directory) is not False]
+
     def publish_broadcast(self, envelope: Envelope) -> int:
         """One copy in the broadcast queue of every consumer alive now."""
         now = time.time()
@@ -632,6 +647,7 @@ class SQLiteConsumer(Consumer):
         self._extend_at = math.inf
         self._failing_since: float | None = None
         self._broadcast_queue = ""
+        self._announced_at = -math.inf
         _LIVE.add(self)
 
     def _forsake(self) -> None:
@@ -657,6 +673,18 @@ class SQLiteConsumer(Consumer):
 
     def subscribe(self, queue: str, patterns: Sequence[str]) -> None:
         self._broker.bind_events(queue, patterns)
+
+    def announce(self, info: dict[str, Any]) -> None:
+        # Stored, not sent: written at most every PRESENCE_WRITE_S so an idle pool does
+        # not commit (and fsync) every second; readers check the owner is alive.
+        now = time.monotonic()
+        if now < self._announced_at + PRESENCE_WRITE_S:
+            return
+        self._announced_at = now
+        conn = self._db()
+        with _mapped("cannot announce"), _transaction(conn):
+            conn.execute("INSERT OR REPLACE INTO presence (owner, info, seen_at) "
+                         "VALUES (?, ?, ?)", (self.owner, json.dumps(info), time.time()))
 
     def consume_broadcast(self, prefetch: int) -> None:
         # A queue of this consumer's own: deleted with it, or when its owner is found dead.
@@ -750,6 +778,7 @@ class SQLiteConsumer(Consumer):
                     _, woke = self._apply(conn, todo)
                     woke |= self._broker._release(conn, "owner = ?", (self.owner,))
                     conn.execute("DELETE FROM consumers WHERE owner = ?", (self.owner,))
+                    conn.execute("DELETE FROM presence WHERE owner = ?", (self.owner,))
                     conn.execute("DELETE FROM messages WHERE queue = ?",
                                  (_BROADCAST_PREFIX + self.owner,))
                 self._held.clear()
@@ -891,6 +920,7 @@ class SQLiteConsumer(Consumer):
             conn.execute("DELETE FROM messages WHERE queue = ?", (_BROADCAST_PREFIX + owner,))
             woke |= self._broker._release(conn, "owner = ?", (owner,))
             conn.execute("DELETE FROM consumers WHERE owner = ?", (owner,))
+            conn.execute("DELETE FROM presence WHERE owner = ?", (owner,))
         if woke or orphans:
             log.info("consumer.leases_reclaimed", queues=sorted(woke), dead_owners=orphans)
         return woke

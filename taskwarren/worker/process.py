@@ -14,6 +14,7 @@ import math
 import os
 import queue
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +26,12 @@ import structlog
 
 from taskwarren.app import Warren
 from taskwarren.brokers.base import REQUEUE, Consumer, Delivery
-from taskwarren.errors import NotSupportedError, SoftTimeLimitExceeded, TimeLimitExceeded
+from taskwarren.errors import (
+    NotSupportedError,
+    SoftTimeLimitExceeded,
+    TaskwarrenError,
+    TimeLimitExceeded,
+)
 from taskwarren.middleware import Chain, Middleware
 from taskwarren.task import Task
 from taskwarren.worker.execute import Executor, dead_letter, failure_action
@@ -43,6 +49,8 @@ PREFETCH_MAX = 100
 POLL_MAX_S = 1.0
 #: Extra seconds a delivery may stay unacked beyond the longest hard time limit.
 CONSUMER_TIMEOUT_MARGIN_S = 60.0
+#: Seconds between two presence announcements of a child.
+ANNOUNCE_INTERVAL_S = 1.0
 #: Weight of the newest duration in the per-queue moving average.
 EWMA_ALPHA = 0.2
 
@@ -144,6 +152,8 @@ class WorkerChild:
         self._replace = False
         self._queues = {q: _QueueState(prefetch or threads) for q in self.queues}
         self._consumer: Consumer | None = None
+        self._next_announce = 0.0
+        self._started_at = time.time()
         self._workers: list[threading.Thread] = []
 
     # -- signals ----------------------------------------------------------------------
@@ -181,6 +191,7 @@ class WorkerChild:
                 self._inbox.put(delivery)
             if self.heartbeats is not None:
                 self.heartbeats.beat(self.index, time.monotonic())
+            self._announce(consumer)
             lost = getattr(consumer, "reconnects", 0)
             if lost != reconnects:
                 reconnects = lost
@@ -205,6 +216,24 @@ class WorkerChild:
             if self.index == 0:
                 log.warning("worker.events_unsupported", error=str(exc),
                             broker=self.app.broker_location)
+
+    def _announce(self, consumer: Consumer) -> None:
+        """Say, about once a second, that this child is alive (``taskwarren workers``)."""
+        now = time.monotonic()
+        if now < self._next_announce:
+            return
+        self._next_announce = now + ANNOUNCE_INTERVAL_S
+        info = {
+            "host": socket.gethostname(), "pool_pid": os.getppid(), "pid": os.getpid(),
+            "child": self.index, "queues": self.queues, "in_flight": len(self._running),
+            "started_at": self._started_at, "threads": self.threads,
+        }
+        try:
+            consumer.announce(info)
+        except TaskwarrenError as exc:
+            if self._next_announce != math.inf:
+                log.info("worker.presence_unsupported", error=str(exc))
+            self._next_announce = math.inf
 
     def _timeout(self) -> float:
         now = time.monotonic()

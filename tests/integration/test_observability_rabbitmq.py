@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -111,3 +112,35 @@ def test_queues_json_reports_what_was_sent(queue: str, ledger: Ledger, rabbit_ur
                          timeout=60, check=True).stdout
     (row,) = json.loads(out)
     assert row["queue"] == queue and row["ready"] == 7 and row["dead"] == 0
+
+
+def pools_seen(url: str, queue: str) -> list[dict[str, object]]:
+    import json
+
+    out = subprocess.run([sys.executable, "-m", "taskwarren", "workers", "--json",
+                          "--listen", "2", "--url", url], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60, check=True).stdout
+    return [p for p in json.loads(out) if queue in p["queues"]]  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("broker", ["rabbitmq", "sqlite"])
+def test_workers_finds_two_running_pools_and_loses_one_soon_after_it_stops(
+    broker: str, queue: str, rabbit_url: str, tmp_path: Path
+) -> None:
+    url = rabbit_url if broker == "rabbitmq" else f"sqlite:///{tmp_path / 'tw.db'}"
+    first = Pool(MODULE, [queue], url, concurrency=2, log_path=tmp_path / "a.log")
+    second = Pool(MODULE, [queue], url, concurrency=1, log_path=tmp_path / "b.log")
+    try:
+        wait_until(lambda: len(pools_seen(url, queue)) == 2, 30, interval=0.5,
+                   what="two pools announced")
+        by_pid = {p["pid"]: p for p in pools_seen(url, queue)}
+        assert by_pid[first.pid]["children"] == 2 and by_pid[second.pid]["children"] == 1
+        assert second.stop() == 0
+        stopped = time.monotonic()
+        wait_until(lambda: [p["pid"] for p in pools_seen(url, queue)] == [first.pid], 15,
+                   interval=0.2, what="the stopped pool gone")
+        assert time.monotonic() - stopped < 15
+        assert first.stop() == 0
+    finally:
+        first.kill()
+        second.kill()
