@@ -145,8 +145,20 @@ def send(task_name: str, modules: tuple[str, ...], kwargs_json: str | None,
         raise click.UsageError(f"no task {task_name!r}; known: {', '.join(sorted(app.tasks))}")
     calls = [json.loads(line) for line in jobs_file if line.strip()] if jobs_file else [
         json.loads(kwargs_json or "{}")]
-    ids = task.options(delay=delay).send_many(calls)
+    bound = task.options(delay=delay)
+    chunks = [calls[i:i + SEND_CHUNK] for i in range(0, len(calls), SEND_CHUNK)]
+    ids: list[str] = []
+    # A bar on a terminal (stderr, so the ids on stdout stay clean for pipes).
+    with click.progressbar(length=len(calls), label="sending", file=sys.stderr,
+                           hidden=not sys.stderr.isatty()) as bar:
+        for chunk in chunks:
+            ids += bound.send_many(chunk)
+            bar.update(len(chunk))
     click.echo("\n".join(ids))
+
+
+#: Calls per confirmed batch when sending a file of jobs.
+SEND_CHUNK = 1000
 
 
 def _broker_app(url: str | None) -> Warren:

@@ -144,3 +144,28 @@ def test_workers_finds_two_running_pools_and_loses_one_soon_after_it_stops(
     finally:
         first.kill()
         second.kill()
+
+
+def test_send_file_queues_every_line_and_prints_their_ids(
+    queue: str, rabbit_url: str, tmp_path: Path
+) -> None:
+    import json
+
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("".join(json.dumps({"n": i, "ledger": "/dev/null"}) + "\n"
+                            for i in range(2500)))
+    # A module of the test's own, so the task's queue is the test's queue.
+    (tmp_path / "routed.py").write_text(
+        "from taskwarren import task\n"
+        f"@task(queue={queue!r}, name='routed.work')\n"
+        "def work(n: int, ledger: str) -> None: ...\n")
+    out = subprocess.run([sys.executable, "-m", "taskwarren", "send", "routed.work", "-m",
+                          "routed", "--file", str(jobs), "--url", rabbit_url],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                         env={**os.environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"})
+    assert out.returncode == 0, out.stderr
+    ids = out.stdout.split()
+    assert len(set(ids)) == 2500
+    from tests.support.rabbit import queue_counts
+
+    assert queue_counts(queue)[0] == 2500
