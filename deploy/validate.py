@@ -731,17 +731,17 @@ def taskwarren_declared_arguments() -> dict[str, dict[str, Any]]:
         queue_args = topology.queue_arguments(main, "quorum", 50)
         levels = topology.DELAY_LEVELS
         delay = {
-            topology.delay_exchange(n): {
-                "x-queue-type": "classic", "x-message-ttl": topology.level_ttl_ms(n),
-                "x-dead-letter-exchange": topology.next_level_exchange(n)}
+            topology.delay_exchange(n): topology.delay_queue_arguments(n)
             for n in (0, levels - 1)
         }
     else:
         queue_args = {"x-queue-type": "quorum", "x-dead-letter-exchange": "taskwarren.dlx",
                       "x-dead-letter-routing-key": main, "x-delivery-limit": 50,
                       "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
-        delay = {"taskwarren.delay.0": {"x-queue-type": "classic", "x-message-ttl": 1000,
-                                        "x-dead-letter-exchange": "taskwarren.delay.deliver"}}
+        delay = {"taskwarren.delay.0": {"x-queue-type": "quorum", "x-message-ttl": 1000,
+                                        "x-dead-letter-exchange": "taskwarren.delay.deliver",
+                                        "x-dead-letter-strategy": "at-least-once",
+                                        "x-overflow": "reject-publish"}}
     return {main: queue_args, main + ".dead": {"x-queue-type": "classic"}, **delay}
 
 

@@ -136,6 +136,23 @@ def deliver_binding_key(queue: str) -> str:
     return "*." * DELAY_LEVELS + queue
 
 
+def delay_queue_arguments(level: int) -> dict[str, Any]:
+    """Arguments of delay level ``level``'s queue.
+
+    Quorum, with at-least-once dead-lettering: a message leaves a level only once the
+    next level (or its target queue) has confirmed it. Classic queues dead-letter at most
+    once, and a broker that restarts expires a level's messages before the queues they
+    move on to are back: seen here, every message waiting in one level was dropped.
+    """
+    return {
+        "x-queue-type": "quorum",
+        "x-message-ttl": level_ttl_ms(level),
+        "x-dead-letter-exchange": next_level_exchange(level),
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
 def level_ttl_ms(level: int) -> int:
     """Message TTL of delay level ``level``'s queue, in milliseconds."""
     return 1000 << level
@@ -288,11 +305,7 @@ def required_topology(
     items += [ExchangeSpec(delay_exchange(level), "topic") for level in range(DELAY_LEVELS)]
     for level in range(DELAY_LEVELS):
         name = delay_exchange(level)
-        items.append(QueueSpec(name, {
-            "x-queue-type": "classic",
-            "x-message-ttl": level_ttl_ms(level),
-            "x-dead-letter-exchange": next_level_exchange(level),
-        }))
+        items.append(QueueSpec(name, delay_queue_arguments(level)))
         wait_key, pass_key = level_binding_keys(level)
         items.append(BindingSpec(name, name, wait_key))
         items.append(BindingSpec(name, next_level_exchange(level), pass_key, to_exchange=True))

@@ -58,10 +58,10 @@ from taskwarren.topology import (
     dead_queue,
     delay_entry_exchange,
     delay_exchange,
+    delay_queue_arguments,
     delay_routing_key,
     deliver_binding_key,
     level_binding_keys,
-    level_ttl_ms,
     next_level_exchange,
     queue_arguments,
 )
@@ -394,11 +394,18 @@ class _Link:
             ch.exchange_declare(name, "topic", durable=True, auto_delete=False)
         for level in range(DELAY_LEVELS):
             name = delay_exchange(level)
-            ch.queue_declare(name, durable=True, auto_delete=False, arguments={
-                "x-queue-type": "classic",
-                "x-message-ttl": level_ttl_ms(level),
-                "x-dead-letter-exchange": next_level_exchange(level),
-            })
+            try:
+                ch.queue_declare(name, durable=True, auto_delete=False,
+                                 arguments=delay_queue_arguments(level))
+            except amqp_errors.PreconditionFailed as exc:
+                self._open_channel()
+                raise ConfigurationError(
+                    f"delay queue {name!r} exists with other arguments ({exc.reply_text}); "
+                    "taskwarren < 0.2 declared the delay levels as classic queues. Stop "
+                    "senders, let the levels drain (rabbitmqctl list_queues name messages), "
+                    "then delete them: for n in $(seq 0 27); do rabbitmqctl delete_queue "
+                    "taskwarren.delay.$n; done"
+                ) from None
             wait_key, pass_key = level_binding_keys(level)
             ch.queue_bind(name, name, wait_key)
             ch.exchange_bind(next_level_exchange(level), name, pass_key)

@@ -149,3 +149,25 @@ def _sends(app: Warren, queue: str, ledger: Ledger) -> bool:
         return True
     except PublishTimeoutError:
         return False
+
+
+def test_messages_waiting_in_any_delay_level_survive_a_broker_restart(
+    node: PrivateRabbit, ledger: Ledger, tmp_path: Path
+) -> None:
+    # Regression: classic delay levels dead-letter at most once, and a restarting broker
+    # expired a level's messages before their next queue was back: all were dropped.
+    queue = unique_queue()
+    app = app_for(node.url)
+    task = app.task(twtasks.work.fn, name=twtasks.work.name, queue=queue)
+    for delay in (1, 2, 3, 4, 5):
+        task.options(delay=delay).send_many(
+            [{"n": delay * 100 + i, "ledger": str(ledger)} for i in range(20)])
+    app.close()
+    node.restart_app()
+    pool = Pool(MODULE, [queue], node.url, concurrency=2, log_path=tmp_path / "w.log")
+    try:
+        wait_until(lambda: len(ledger.count("end")) == 100, 40, what="all 100 delayed tasks")
+        assert pool.stop() == 0
+    finally:
+        pool.kill()
+    assert set(ledger.count("end").values()) == {1}
