@@ -158,6 +158,16 @@ def level_ttl_ms(level: int) -> int:
     return 1000 << level
 
 
+def dead_queue_arguments(queue_type: str) -> dict[str, Any]:
+    """Arguments of a dead-letter queue: the type of its main queue.
+
+    A classic queue lives on one node: in a cluster, with that node down, declaring it
+    fails and nothing could be dead-lettered. Quorum dead-letter queues are replicated
+    like the queue they serve.
+    """
+    return {"x-queue-type": queue_type}
+
+
 def queue_arguments(
     queue: str, queue_type: str, delivery_limit: int
 ) -> dict[str, Any]:
@@ -313,7 +323,7 @@ def required_topology(
         dead = dead_queue(queue)
         items += [
             QueueSpec(queue, queue_arguments(queue, queue_type, delivery_limit)),
-            QueueSpec(dead, {"x-queue-type": "classic"}),
+            QueueSpec(dead, dead_queue_arguments(queue_type)),
             BindingSpec(EXCHANGE, queue, queue),
             BindingSpec(DELAY_DELIVER_EXCHANGE, queue, deliver_binding_key(queue)),
             BindingSpec(DEAD_LETTER_EXCHANGE, dead, queue),

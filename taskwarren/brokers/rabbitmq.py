@@ -56,6 +56,7 @@ from taskwarren.topology import (
     QueueSpec,
     TopologyItem,
     dead_queue,
+    dead_queue_arguments,
     delay_entry_exchange,
     delay_exchange,
     delay_queue_arguments,
@@ -81,6 +82,10 @@ _LINK_ERRORS: tuple[type[BaseException], ...] = (
 CONFIRM_WINDOW = 1000
 #: Settled deliveries that make a sleeping I/O thread send their (coalesced) ack.
 ACK_BATCH = 16
+#: Largest prefetch AMQP can express (a 16-bit field).
+MAX_PREFETCH = 65535
+#: Longest wait for dead letters given back to be counted again after a browse.
+DLQ_SETTLE_S = 5.0
 #: First and largest reconnect backoff, in seconds (full jitter in between).
 RECONNECT_FIRST_S = 0.1
 RECONNECT_MAX_S = 5.0
@@ -367,8 +372,16 @@ class _Link:
             ch.queue_bind(queue, EXCHANGE, queue)
             ch.queue_bind(queue, DELAY_DELIVER_EXCHANGE, deliver_binding_key(queue))
             dead = dead_queue(queue)
-            ch.queue_declare(dead, durable=True, auto_delete=False,
-                             arguments={"x-queue-type": "classic"})
+            try:
+                ch.queue_declare(dead, durable=True, auto_delete=False,
+                                 arguments=dead_queue_arguments(s.queue_type))
+            except amqp_errors.PreconditionFailed as exc:
+                self._open_channel()
+                raise ConfigurationError(
+                    f"dead-letter queue {dead!r} exists with other arguments "
+                    f"({exc.reply_text}); taskwarren < 0.2 declared it classic. Replay or "
+                    f"purge it (taskwarren dlq), delete it, and start again."
+                ) from None
             ch.queue_bind(dead, DEAD_LETTER_EXCHANGE, queue)
             self.declared.add(queue)
 
@@ -724,20 +737,55 @@ class RabbitMQBroker(Broker):
         return found
 
     def _collect(self, link: _Link, queue: str, sink: Callable[[Envelope], None]) -> None:
-        dead = dead_queue(queue)
-        ch = link.conn.channel()
+        ch, count, got = self._read_dead(link, queue)
         try:
-            _, count, _ = ch.queue_declare(dead, passive=True)
-            got: list[Any] = []
-            ch.basic_qos(0, 0, False)
-            ch.basic_consume(dead, callback=got.append, no_ack=False)
-            while len(got) < count:
-                try:
-                    link.conn.drain_events(timeout=2.0)
-                except TimeoutError:
-                    break
             for msg in got:
                 sink(_envelope_of(msg))
+        finally:
+            ch.close()
+        self._await_dead_count(link, queue, count)
+
+    @staticmethod
+    def _read_dead(link: _Link, queue: str) -> tuple[Any, int, list[Any]]:
+        """A side channel holding every dead letter of ``queue`` unacked, and their count."""
+        dead = dead_queue(queue)
+        ch = link.conn.channel()
+        _, count, _ = ch.queue_declare(dead, passive=True)
+        got: list[Any] = []
+        if not count:
+            return ch, count, got
+        # An explicit prefetch: quorum queues cap an unlimited one (at 2000 here).
+        ch.basic_qos(0, min(count, MAX_PREFETCH), False)
+        tag = ch.basic_consume(dead, callback=got.append, no_ack=False)
+        while len(got) < min(count, MAX_PREFETCH):
+            try:
+                link.conn.drain_events(timeout=2.0)
+            except TimeoutError:
+                break
+        ch.basic_cancel(tag)
+        while len(got) < count:  # beyond what a prefetch can hold: one at a time
+            msg = ch.basic_get(dead, no_ack=False)
+            if msg is None:
+                break
+            got.append(msg)
+        return ch, count, got
+
+    @staticmethod
+    def _await_dead_count(link: _Link, queue: str, expected: int) -> None:
+        """Wait until the dead letters given back are counted again.
+
+        A quorum queue takes back the messages of a closed channel asynchronously; without
+        this, a ``dlq list`` right after another would briefly see an empty queue.
+        """
+        if not link.connected:
+            return
+        ch = link.conn.channel()
+        deadline = time.monotonic() + DLQ_SETTLE_S
+        try:
+            while ch.queue_declare(dead_queue(queue), passive=True)[1] < expected:
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.02)
         finally:
             ch.close()
 
@@ -752,17 +800,8 @@ class RabbitMQBroker(Broker):
         with self._lock:
             link = self._ready_link(time.monotonic() + self.settings.publish_timeout_s)
             link.declare_queues([queue])
-            side = link.conn.channel()
+            side, count, got = self._read_dead(link, queue)
             try:
-                _, count, _ = side.queue_declare(dead_queue(queue), passive=True)
-                got: list[Any] = []
-                side.basic_qos(0, 0, False)
-                side.basic_consume(dead_queue(queue), callback=got.append, no_ack=False)
-                while len(got) < count:
-                    try:
-                        link.conn.drain_events(timeout=2.0)
-                    except TimeoutError:
-                        break
                 chosen = [m for m in got
                           if wanted is None or m.properties.get("message_id") in wanted]
                 if replay and chosen:
@@ -775,12 +814,13 @@ class RabbitMQBroker(Broker):
                 # Only now, with every copy confirmed, are the dead letters removed.
                 for m in chosen:
                     side.basic_ack(m.delivery_info["delivery_tag"])
-                return len(chosen)
             finally:
                 try:
                     side.close()
                 except _LINK_ERRORS:
                     link.drop()
+            self._await_dead_count(link, queue, count - len(chosen))
+            return len(chosen)
 
     def close(self) -> None:
         with self._lock:
