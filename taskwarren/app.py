@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -83,6 +84,8 @@ class Warren:
         self._broker_pid = os.getpid() if broker is not None else 0
         self._declared: set[str] = set()
         self._lock = threading.Lock()
+        #: Called after every confirmed publish with (queue, messages, seconds to confirm).
+        self.publish_observers: list[Callable[[str, int, float], None]] = []
 
     def __repr__(self) -> str:
         return f"<Warren {self.broker_location} tasks={len(self.tasks)}>"
@@ -254,7 +257,12 @@ class Warren:
     def publish(self, queue: str, envelopes: Sequence[Envelope], delay_s: float = 0.0) -> None:
         """Publish envelopes to ``queue`` (declared first), confirmed."""
         self.declare([queue])
+        started = time.perf_counter()
         self.broker.publish(queue, envelopes, delay_s)
+        if self.publish_observers:
+            elapsed = time.perf_counter() - started
+            for observe in self.publish_observers:
+                observe(queue, len(envelopes), elapsed)
 
     def publish_event(
         self, routing_key: str, payload: Any, *, require_subscriber: bool = False

@@ -97,7 +97,7 @@ def worker(modules: tuple[str, ...], concurrency: int | None, queues: str | None
     if metrics_port is not None:
         from taskwarren.middleware.metrics import PrometheusMetrics
 
-        middleware.append(PrometheusMetrics())
+        middleware.append(PrometheusMetrics(app))
     pool = Supervisor(app, chosen, concurrency or os.cpu_count() or 1, threads,
                       prefetch or app.settings.prefetch, grace, middleware=Chain(middleware),
                       metrics_port=metrics_port)

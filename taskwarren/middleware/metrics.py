@@ -11,6 +11,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from taskwarren.app import Warren
 from taskwarren.middleware import Middleware
 
 #: Histogram buckets for task durations, in seconds (microsecond tasks to hours).
@@ -27,15 +28,28 @@ DEAD = Counter("taskwarren_dead_lettered", "Messages moved to a dead-letter queu
                ["task", "queue"])
 REDELIVERIES = Counter("taskwarren_redeliveries", "Deliveries the broker had delivered before.",
                        ["queue"])
+PUBLISH_CONFIRM = Histogram(
+    "taskwarren_publish_confirm_seconds",
+    "Time from publishing a batch of task messages to the broker's confirm.",
+    ["queue"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5, 30))
 RECONNECTS = Counter("taskwarren_reconnects", "Broker connections lost and reopened.")
 CHILD_RESTARTS = Counter("taskwarren_child_restarts", "Worker children replaced.")
 
 
 class PrometheusMetrics(Middleware):
-    """Counts tasks, durations, retries, dead letters, redeliveries and restarts."""
+    """Counts tasks, durations, retries, dead letters, redeliveries and restarts.
 
-    def __init__(self) -> None:
+    Args:
+        app: also time the confirms of what this app's tasks send (in worker children).
+    """
+
+    def __init__(self, app: Warren | None = None) -> None:
         self._children: dict[tuple[str, ...], Any] = {}
+        if app is not None:
+            app.publish_observers.append(self._published)
+
+    def _published(self, queue: str, messages: int, seconds: float) -> None:
+        self._child(PUBLISH_CONFIRM, queue).observe(seconds)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (metric._name, *labels)

@@ -52,10 +52,14 @@ def test_metrics_count_tasks_of_every_child_and_health_asks_the_pool(
                    what="41 tasks")
         name = "tests.integration.twtasks.work"
         ok = (f'taskwarren_tasks_total{{outcome="succeeded",queue="{queue}",task="{name}"}} '
-              "40.0")
+              "40.0")  # counted before the relay below adds its own
         dead = f'taskwarren_dead_lettered_total{{queue="{queue}",task="{name}"}} 1.0'
         wait_until(lambda: ok in scrape(port) and dead in scrape(port), 10,
                    what="the counters of both children summed")
+        twtasks.relay.options(queue=queue).send(500, str(ledger), queue)
+        wait_until(lambda: ledger.count("end")[500] == 1, 30, what="the relayed task")
+        confirm = f'taskwarren_publish_confirm_seconds_count{{queue="{queue}"}} 1.0'
+        wait_until(lambda: confirm in scrape(port), 10, what="the relay's confirm timed")
         text = scrape(port)
         assert "taskwarren_task_duration_seconds_bucket" in text
         assert len(ledger.pids("end")) == 2, "both children ran tasks"

@@ -73,3 +73,9 @@ def catches_soft_limit(n: int, ledger: str) -> None:
     except SoftTimeLimitExceeded:
         _mark(ledger, "soft", n)
     _mark(ledger, "end", n)
+
+
+@task(queue="twtest-default")
+def relay(n: int, ledger: str, queue: str) -> None:
+    """Send ``work(n)`` to ``queue`` from inside a worker (a task that sends a task)."""
+    work.options(queue=queue).send(n, ledger)
