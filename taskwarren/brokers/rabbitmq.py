@@ -84,6 +84,8 @@ CONFIRM_WINDOW = 1000
 ACK_BATCH = 16
 #: Largest prefetch AMQP can express (a 16-bit field).
 MAX_PREFETCH = 65535
+#: A consumer link that lived this long before failing resets the reconnect backoff.
+RECONNECT_STABLE_S = 10.0
 #: Longest wait for dead letters given back to be counted again after a browse.
 DLQ_SETTLE_S = 5.0
 #: First and largest reconnect backoff, in seconds (full jitter in between).
@@ -488,6 +490,10 @@ class RabbitMQBroker(Broker):
 
     def _ready_link(self, deadline: float) -> _Link:
         link = self._link
+        if link.connected and not getattr(link.channel, "_confirm_selected", True):
+            # After a channel error py-amqp reopens the channel without confirm mode:
+            # nothing published there would ever be confirmed. Start over.
+            link.drop()
         if link.connected and time.monotonic() - link.last_used > self.settings.heartbeat_s:
             # Idle past a heartbeat: read what the broker sent (a close, perhaps)
             # before trusting the connection with a message.
@@ -546,6 +552,11 @@ class RabbitMQBroker(Broker):
                             f"{len(todo)} message(s) unconfirmed: {exc}"
                         ) from None
                     log.warning("publish.retrying", unconfirmed=len(todo), error=str(exc))
+                except amqp_errors.AMQPError as exc:
+                    # A channel error: py-amqp reopens the channel without confirm mode,
+                    # so the connection must go, or later sends would never be confirmed.
+                    link.drop()
+                    raise BrokerError(f"broker refused the publish: {exc}") from None
 
     def _publish_batch(
         self,
@@ -840,6 +851,9 @@ class RabbitMQConsumer(Consumer):
         self._link = _Link(settings, endpoints, heartbeat=True)
         self._prefetch: dict[str, int] = {}
         self._timeouts: dict[str, float] = {}
+        self._connected_at = 0.0
+        self._failures = 0
+        self._retry_at = 0.0
         self._consumer_tags: dict[str, str] = {}
         self._subscriptions: dict[str, list[str]] = {}
         self._broadcast_prefetch: int | None = None
@@ -859,10 +873,19 @@ class RabbitMQConsumer(Consumer):
     def _ensure(self, deadline: float) -> None:
         if self._link.connected:
             return
+        pause = self._retry_at - time.monotonic()
+        if pause > 0:  # woken early by wakeup(): the caller's loop comes back
+            wait_s = min(pause, max(0.0, deadline - time.monotonic()))
+            if select.select([self._wake_r], [], [], wait_s)[0]:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+            if time.monotonic() < self._retry_at:
+                raise BrokerConnectionError("reconnecting after a backoff")
         self._incoming.clear()
         self._unacked.clear()
         self._done.clear()
         self._link.connect(deadline)
+        self._connected_at = time.monotonic()
         self._link.declare_queues(self._prefetch)
         for queue, patterns in self._subscriptions.items():
             self._link.bind_events(queue, patterns)
@@ -876,6 +899,15 @@ class RabbitMQConsumer(Consumer):
         log.warning("consumer.link_lost", error=str(exc) or type(exc).__name__)
         self.reconnects += 1
         self._link.drop()
+        # Back off when links keep failing (a node down, declarations refused): at
+        # most a few attempts a second, growing to RECONNECT_MAX_S, with jitter.
+        now = time.monotonic()
+        if now - self._connected_at < RECONNECT_STABLE_S:
+            self._failures += 1
+        else:
+            self._failures = 1
+        pause = min(RECONNECT_MAX_S, RECONNECT_FIRST_S * 2 ** self._failures)
+        self._retry_at = now + random.uniform(pause / 2, pause)
 
     def _start(self, queue: str, prefetch: int) -> None:
         ch = self._link.channel

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import multiprocessing
 import multiprocessing.connection
@@ -28,6 +29,8 @@ log = structlog.get_logger("taskwarren.worker")
 QUICK_DEATH_S = 1.0
 #: Longest pause before restarting a child that keeps dying at once.
 RESTART_PAUSE_MAX_S = 10.0
+#: prctl option: the signal a process gets when its parent dies (Linux).
+PR_SET_PDEATHSIG = 1
 #: Signals that stop the pool.
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 #: Extra seconds after the grace period before stragglers are killed.
@@ -80,6 +83,7 @@ class Supervisor:
         self._quick_deaths: dict[int, int] = {}
         self._signals = 0
         self._ctx = multiprocessing.get_context("fork")
+        self._parent_pid = os.getpid()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals += 1
@@ -130,6 +134,7 @@ class Supervisor:
 
     def _child_main(self, index: int) -> None:
         signal.set_wakeup_fd(-1)
+        _stop_with_parent(self._parent_pid)
         if self.monitor is not None:
             self.monitor.close_in_child()
         child_signals_ready = functools.partial(
@@ -217,3 +222,20 @@ class Supervisor:
         for process in self._children.values():
             process.join()
         self._children.clear()
+
+
+def _stop_with_parent(parent_pid: int) -> None:
+    """Ask the kernel for SIGTERM when the supervisor dies (Linux), so no child outlives it.
+
+    A child whose supervisor was killed would go on consuming with nobody to replace it
+    or forward a stop; with this it stops gracefully and the broker keeps the rest.
+    """
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # it died before we asked
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -331,3 +331,37 @@ def test_a_sigterm_to_the_whole_process_group_still_lets_running_tasks_finish(
     assert ledger.count("end") == {0: 1, 1: 1}
     assert "child_killed_by_message" not in pool.log_text()
     assert queue_counts(queue)[0] == 0
+
+
+def test_children_stop_when_their_supervisor_is_killed(
+    queue: str, ledger: Ledger, rabbit_url: str, tmp_path: Path
+) -> None:
+    pool = Pool(MODULE, [queue], rabbit_url, concurrency=2, log_path=tmp_path / "w.log")
+    try:
+        wait_until(lambda: consumer_count(queue) == 2, 30, what="two consumers")
+        children = pool.children()
+        os.kill(pool.pid, signal.SIGKILL)
+        wait_until(lambda: consumer_count(queue) == 0, 20, what="the orphans to stop")
+        wait_until(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in children), 20,
+                   what="the children gone")
+    finally:
+        pool.kill()
+
+
+def test_a_channel_error_does_not_leave_the_producer_without_confirms(
+    queue: str, rabbit_url: str
+) -> None:
+    app = Warren(url=rabbit_url, publish_timeout_s=5)
+
+    @app.task(queue=queue)
+    def noop(n: int) -> None: ...
+
+    noop.send(1)
+    link = app.broker._link  # type: ignore[attr-defined]
+    with pytest.raises(Exception):  # noqa: B017 - any channel error will do
+        link.channel.queue_declare("no-such-queue-" + queue, passive=True)
+    started = time.monotonic()
+    noop.send(2)  # on a fresh confirm channel, not the one py-amqp reopened
+    assert time.monotonic() - started < 3, "no wait for a confirm that can never come"
+    assert queue_counts(queue)[0] == 2
+    app.close()
