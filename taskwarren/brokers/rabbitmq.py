@@ -890,10 +890,12 @@ class RabbitMQConsumer(Consumer):
         for queue, patterns in self._subscriptions.items():
             self._link.bind_events(queue, patterns)
         if not self._cancelled:
-            for queue, prefetch in self._prefetch.items():
-                self._start(queue, prefetch)
+            # Broadcasts first: once this process consumes its queues it counts as
+            # live, and a broadcast sent from then on must reach it.
             if self._broadcast_prefetch is not None:
                 self._start_broadcast(self._broadcast_prefetch)
+            for queue, prefetch in self._prefetch.items():
+                self._start(queue, prefetch)
 
     def _lost(self, exc: BaseException) -> None:
         log.warning("consumer.link_lost", error=str(exc) or type(exc).__name__)
