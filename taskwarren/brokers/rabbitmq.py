@@ -262,6 +262,9 @@ class _Link:
     def _open_channel(self) -> None:
         channel = self.conn.channel()
         channel.confirm_select()
+        # py-amqp clears this flag when it reopens the channel after a channel error
+        # (without confirm mode); _ready_link checks it. confirm_select() leaves it unset.
+        channel._confirm_selected = True
         channel.events["basic_ack"].add(self._on_ack)
         channel.events["basic_nack"].add(self._on_nack)
         channel.events["basic_return"].add(self._on_return)
