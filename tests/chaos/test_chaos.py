@@ -22,9 +22,9 @@ import pytest
 
 from tests.chaos.harness import Scenario, tasks_per_scenario
 from tests.chaos.history import Row, ledger_numbers
-from tests.chaos.netfaults import FaultyProxy
 from tests.chaos.nodes import RabbitCluster, RabbitNode
 from tests.chaos.producer import read_journal
+from tests.support.proxy import FaultyProxy
 from tests.support.workers import ROOT, wait_until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.rabbitmq, pytest.mark.slow]

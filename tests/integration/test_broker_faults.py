@@ -12,7 +12,7 @@ import pytest
 from taskwarren import Warren
 from taskwarren.errors import PublishTimeoutError
 from tests.integration import twtasks
-from tests.support.proxy import CuttingProxy
+from tests.support.proxy import FaultyProxy
 from tests.support.rabbit import PrivateRabbit, consumer_count, queue_counts, unique_queue
 from tests.support.workers import Ledger, Pool, wait_until
 
@@ -105,7 +105,7 @@ def test_a_cut_connection_loses_nothing(
 ) -> None:
     queue = unique_queue()
     port = int(node.url.rsplit(":", 1)[1].split("/")[0])
-    proxy = CuttingProxy(port)
+    proxy = FaultyProxy(port)
     app = app_for(proxy.url(), publish_timeout_s=60)
     task = app.task(twtasks.work.fn, name=twtasks.work.name, queue=queue)
     pool = Pool(MODULE, [queue], proxy.url(), concurrency=2, log_path=tmp_path / "w.log")
@@ -114,7 +114,7 @@ def test_a_cut_connection_loses_nothing(
         for batch in range(5):
             sent += task.send_many([{"n": batch * 1000 + i, "ledger": str(ledger),
                                      "sleep_s": 0.002} for i in range(200)])
-            assert proxy.cut() >= 1
+            assert proxy.cut_all() >= 1
         wait_until(lambda: len(ledger.count("end")) == 1000, 90, what="all 1000 tasks")
         assert pool.stop() == 0
     finally:

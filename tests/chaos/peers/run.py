@@ -29,8 +29,8 @@ from typing import Any
 import amqp
 
 from tests.chaos.history import History, Row, check, ledger_numbers
-from tests.chaos.netfaults import FaultyProxy
 from tests.chaos.nodes import RabbitNode
+from tests.support.proxy import FaultyProxy
 
 ROOT = Path(__file__).resolve().parents[3]
 SHARED = "amqp://guest:guest@127.0.0.1:5672/%2F"
