@@ -5,8 +5,9 @@
 #     docker build -t taskwarren:local .
 #     docker build -t taskwarren:local --build-arg EXTRAS=postgres .   # with psycopg
 #
-# Two stages on the same base image. "build" turns the project into a wheel and
-# installs it, with its dependencies, into a virtual environment at /opt/venv.
+# Two stages on the same base image. "build" turns the library (taskwarren) and
+# the email pipeline (taskwarren-email, from workers/) into wheels and installs
+# them, with their dependencies, into a virtual environment at /opt/venv.
 # "runtime" receives that one directory and nothing else from "build": no
 # source tree, no wheel cache, no build backend. It runs as an unprivileged
 # user, and its entrypoint is the taskwarren command itself, so SIGTERM from
@@ -16,7 +17,7 @@ ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS build
 
-# Optional extras of the taskwarren distribution, comma-separated (e.g. "postgres").
+# Optional extras of the taskwarren-email distribution, comma-separated (e.g. "postgres").
 ARG EXTRAS=""
 
 ENV PIP_NO_CACHE_DIR=1 \
@@ -33,11 +34,13 @@ COPY pyproject.toml README.md ./
 COPY taskwarren ./taskwarren
 COPY workers ./workers
 
-RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
- && wheel="$(echo /wheels/taskwarren-*.whl)" \
- && if [ -n "$EXTRAS" ]; then wheel="${wheel}[${EXTRAS}]"; fi \
- && /opt/venv/bin/python -m pip install "$wheel" \
- && /opt/venv/bin/taskwarren --help > /dev/null
+# The wheel files are named on the command line, so pip takes these two from
+# here and only their dependencies from the index.
+RUN python -m pip wheel --no-deps --wheel-dir /wheels . ./workers \
+ && email="$(echo /wheels/taskwarren_email-*.whl)" \
+ && if [ -n "$EXTRAS" ]; then email="${email}[${EXTRAS}]"; fi \
+ && /opt/venv/bin/python -m pip install /wheels/taskwarren-[0-9]*.whl "$email" \
+ && /opt/venv/bin/taskwarren demo --help > /dev/null
 
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -4,10 +4,12 @@ PY := $(VENV)/bin/python
 
 .PHONY: install lint typecheck test all demo clean
 
-$(VENV)/.installed: pyproject.toml
+# The library with its test tools, and the email pipeline (its own distribution, in
+# workers/), which adds `taskwarren demo`.
+$(VENV)/.installed: pyproject.toml workers/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test]' -e ./workers
 	touch $@
 
 install: $(VENV)/.installed
@@ -19,7 +21,7 @@ typecheck: install
 	$(PY) -m mypy --strict taskwarren
 
 test: lint typecheck
-	$(PY) -m pytest
+	PY=$(PY) tests/support/run_tests.sh
 
 all: test
 

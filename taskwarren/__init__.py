@@ -1,27 +1,33 @@
 """taskwarren: a durable task queue for Python on RabbitMQ. Nothing lost, ever, and fast.
 
 Public names: :func:`task`, :func:`publish`, :class:`Warren`, :class:`Retry`, :class:`Backoff`,
-:class:`TaskwarrenError`, :class:`SoftTimeLimitExceeded`.
+:class:`TaskwarrenError`, :class:`SoftTimeLimitExceeded`, :class:`Middleware` and the
+:class:`TaskRun` its hooks see.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, ParamSpec, TypeVar, overload
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar, Unpack, overload
 
 from taskwarren.app import Warren, default_app
 from taskwarren.errors import Retry, SoftTimeLimitExceeded, TaskwarrenError
+from taskwarren.middleware import Middleware, TaskRun
+from taskwarren.middleware.jobs import cancel_requested
 from taskwarren.retries import Backoff
-from taskwarren.task import DEFAULT_QUEUE, Task
+from taskwarren.task import Task, TaskOptionArgs
 
 __all__ = [
     "Backoff",
+    "Middleware",
     "Retry",
     "SoftTimeLimitExceeded",
     "Task",
+    "TaskRun",
     "TaskwarrenError",
     "Warren",
     "__version__",
+    "cancel_requested",
     "publish",
     "task",
 ]
@@ -37,19 +43,7 @@ def task(fn: Callable[P, R], /) -> Task[P, R]: ...
 
 
 @overload
-def task(
-    *,
-    queue: str = DEFAULT_QUEUE,
-    name: str | None = None,
-    retries: int = 0,
-    backoff: Backoff | None = None,
-    retry_on: Sequence[type[BaseException]] | None = None,
-    dont_retry: Sequence[type[BaseException]] = (),
-    time_limit: float | None = None,
-    soft_time_limit: float | None = None,
-    subscribe: Sequence[str] = (),
-    broadcast: bool = False,
-) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+def task(**options: Unpack[TaskOptionArgs]) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
 def task(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:

@@ -1,22 +1,31 @@
-"""Warren: the application object: task registry, settings, and the broker it sends to."""
+"""Warren: the application object: task registry, settings, middleware, and the one send path.
+
+Every message leaves through :meth:`Warren.enqueue` (task calls), :meth:`Warren.broadcast`
+or :meth:`Warren.publish_event`, which share one routine: size check, ``before_enqueue``
+hooks, declare, publish and confirm, ``after_enqueue`` hooks.
+"""
 
 from __future__ import annotations
 
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, ParamSpec, TypeVar, overload
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, ParamSpec, TypeVar, Unpack, overload
 
 import structlog
 from pydantic import BaseModel, ValidationError
 
+from taskwarren.brokers import make_broker
 from taskwarren.brokers.base import Broker
+from taskwarren.brokers.capabilities import Broadcasts, Events, require
 from taskwarren.errors import ArgumentsError, ConfigurationError, PublishError, UnroutableError
+from taskwarren.jobs import Jobs
 from taskwarren.message import Envelope, encode_event
-from taskwarren.retries import Backoff
+from taskwarren.middleware import Chain, Middleware, default_middleware
+from taskwarren.middleware.base import BROADCASTS_QUEUE, EVENTS_QUEUE
 from taskwarren.settings import Settings
-from taskwarren.task import DEFAULT_QUEUE, Task, TaskOptions, task_options
+from taskwarren.task import Task, TaskOptionArgs, TaskOptions
 from taskwarren.topology import (
     TopologyItem,
     check_routing_key,
@@ -31,30 +40,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def make_broker(settings: Settings) -> Broker:
-    """The broker for ``settings.url``: RabbitMQ, embedded SQLite, or in-memory.
-
-    Raises:
-        ConfigurationError: an unsupported URL scheme.
-    """
-    scheme = settings.scheme
-    if scheme in ("amqp", "amqps"):
-        from taskwarren.brokers.rabbitmq import RabbitMQBroker
-
-        return RabbitMQBroker(settings)
-    if scheme == "sqlite":
-        from taskwarren.brokers.sqlite import SQLiteBroker
-
-        return SQLiteBroker.from_url(settings.url, delivery_limit=settings.delivery_limit)
-    if scheme == "memory":
-        from taskwarren.brokers.memory import MemoryBroker
-
-        return MemoryBroker(delivery_limit=settings.delivery_limit)
-    raise ConfigurationError(
-        f"unsupported broker URL scheme {scheme!r}: use amqp://, amqps://, sqlite:/// or memory://"
-    )
-
-
 class Warren:
     """An application: its tasks, its settings and its broker.
 
@@ -63,6 +48,8 @@ class Warren:
         settings: complete settings; when omitted they are read from the environment
             (once, here, not at import time).
         broker: use this broker instead of one built from the URL (tests).
+        middleware: the application's middleware, run after the default ones
+            (log context, time limits, retries); see :meth:`add_middleware`.
         **overrides: individual settings, e.g. ``queue_type="classic"``.
     """
 
@@ -72,23 +59,41 @@ class Warren:
         *,
         settings: Settings | None = None,
         broker: Broker | None = None,
+        middleware: Iterable[Middleware] = (),
         **overrides: Any,
     ) -> None:
         if settings is None:
             settings = Settings.from_env(url=url, **overrides)
         elif url is not None or overrides:
-            settings = settings.model_copy(update={"url": url or settings.url, **overrides})
+            settings = settings.replace(url=url, **overrides)
         self.settings = settings
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._broker = broker
         self._broker_pid = os.getpid() if broker is not None else 0
         self._declared: set[str] = set()
         self._lock = threading.Lock()
-        #: Called after every confirmed publish with (queue, messages, seconds to confirm).
-        self.publish_observers: list[Callable[[str, int, float], None]] = []
+        self.middleware = Chain(default_middleware())
+        #: The jobs recorded in the job store: query, cancel, retry.
+        self.jobs = Jobs(self)
+        if settings.records_jobs:
+            self.add_middleware(self.jobs.recorder())
+        for m in middleware:
+            self.add_middleware(m)
 
     def __repr__(self) -> str:
         return f"<Warren {self.broker_location} tasks={len(self.tasks)}>"
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Register ``middleware`` after those already registered.
+
+        Its ``before_*`` hooks run after theirs, its ``after_*`` hooks before theirs.
+        Register a middleware that owns task options before the tasks that use them.
+        """
+        if not isinstance(middleware, Middleware):
+            raise ConfigurationError(
+                f"{middleware!r} is not a taskwarren.Middleware (subclass it and pass an "
+                "instance)")
+        self.middleware.add(middleware)
 
     @property
     def broker_location(self) -> str:
@@ -117,68 +122,24 @@ class Warren:
 
     @overload
     def task(
-        self,
-        /,
-        *,
-        queue: str = DEFAULT_QUEUE,
-        name: str | None = None,
-        retries: int = 0,
-        backoff: Backoff | None = None,
-        retry_on: Sequence[type[BaseException]] | None = None,
-        dont_retry: Sequence[type[BaseException]] = (),
-        time_limit: float | None = None,
-        soft_time_limit: float | None = None,
-        subscribe: Sequence[str] = (),
-        broadcast: bool = False,
+        self, /, **options: Unpack[TaskOptionArgs]
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
-    def task(
-        self,
-        fn: Callable[..., Any] | None = None,
-        /,
-        *,
-        queue: str = DEFAULT_QUEUE,
-        name: str | None = None,
-        retries: int = 0,
-        backoff: Backoff | None = None,
-        retry_on: Sequence[type[BaseException]] | None = None,
-        dont_retry: Sequence[type[BaseException]] = (),
-        time_limit: float | None = None,
-        soft_time_limit: float | None = None,
-        subscribe: Sequence[str] = (),
-        broadcast: bool = False,
-    ) -> Any:
+    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         """Register a function as a task; use bare (``@app.task``) or with options.
 
         Args:
-            queue: the queue its messages go to.
-            name: registered name (default: ``module.qualname``).
-            retries: how many times a failing call is tried again (default 0:
-                a failure goes straight to the dead-letter queue).
-            backoff: delays between retries (exponential with jitter, capped).
-            retry_on: exception types that are retried (default: any ``Exception``).
-            dont_retry: exception types that are dead-lettered at once.
-            time_limit: hard limit in seconds.
-            soft_time_limit: seconds after which ``SoftTimeLimitExceeded`` is raised in
-                the task.
-            subscribe: event patterns (``audit.#``: ``#`` is zero or more words, ``*``
-                exactly one) whose events land in ``queue`` for this task; its first
-                argument receives the event. One subscriber per event and queue.
-            broadcast: ``.send()`` reaches every worker process alive now, once each
-                (at most once: see the README); no retries, no delays.
+            fn: the function (when used bare).
+            **options: those of :class:`~taskwarren.options.TaskOptionArgs` (where each
+                is described), and those the app's own middleware own.
+
+        Raises:
+            ConfigurationError: an option no registered middleware owns (it is named), or
+                one out of range.
         """
-        opts = task_options(
-            TaskOptions(),
-            queue=queue,
-            retries=retries,
-            backoff=backoff or Backoff(),
-            retry_on=tuple(retry_on) if retry_on is not None else (Exception,),
-            dont_retry=tuple(dont_retry),
-            time_limit_s=time_limit,
-            soft_time_limit_s=soft_time_limit,
-            subscribe=tuple(subscribe),
-            broadcast=broadcast,
-        )
+        name = options.get("name")
+        self.middleware.check_options(name or getattr(fn, "__qualname__", None), options)
+        opts = TaskOptions.from_args(options)
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
             task_name = name or f"{f.__module__}.{f.__qualname__}"
@@ -220,13 +181,15 @@ class Warren:
         return out
 
     def has_broadcasts(self) -> bool:
-        """Whether any registered task is a broadcast (worker processes then listen)."""
-        return any(t.task_options.broadcast for t in self.tasks.values())
+        """Whether worker processes listen for broadcasts: a registered task is one, or
+        jobs are recorded (a cancel tells running jobs by broadcast)."""
+        return self.settings.records_jobs or any(t.task_options.broadcast
+                                                 for t in self.tasks.values())
 
     def bind_subscriptions(self, queues: Sequence[str] | None = None) -> None:
         """Make the durable event bindings of ``queues`` (default: all) on the broker."""
         for queue, patterns in self.subscriptions(queues).items():
-            self.broker.bind_events(queue, patterns)
+            require(self.broker, Events, "events").bind_events(queue, patterns)
 
     def topology(self, queues: Sequence[str] | None = None) -> list[TopologyItem]:
         """Every exchange, queue and binding the registered tasks need."""
@@ -254,15 +217,82 @@ class Warren:
             broker.declare(missing)
             self._declared.update(missing)
 
+    def enqueue(self, queue: str, envelopes: Sequence[Envelope], *, delay_s: float = 0.0,
+                db: object | None = None, unique_key: str | None = None) -> str | None:
+        """Publish ``envelopes`` to ``queue`` (declared first); returns once confirmed.
+
+        The one send path of task calls: each body's size is checked before anything is
+        published, then the ``before_enqueue`` hooks run, the broker publishes and
+        confirms, and the ``after_enqueue`` hooks run. When the app records jobs, their
+        ``queued`` events are published next.
+
+        With ``db`` (the application's connection), the envelopes are written to the
+        outbox in that connection's open transaction instead (with their jobs' rows),
+        after the same size check and ``before_enqueue`` hooks; a relay publishes them
+        once it commits (the ``after_enqueue`` hooks do not run: nothing is enqueued
+        until then).
+
+        With ``unique_key`` (one envelope), it goes through the outbox (of ``db``, else
+        of the app's store, committed here) unless a live job holds the key.
+
+        Returns:
+            With ``unique_key``, the id of the live job holding it; else ``None``.
+
+        Raises:
+            PublishError: a body is too large, or the broker did not confirm.
+            ConfigurationError: ``unique_key`` without a job store recording jobs.
+            TypeError: ``db`` is not a supported connection.
+            StoreError: the outbox insert failed (``StoreNotInitializedError``: the
+                tables are missing).
+        """
+        records = self.settings.records_jobs
+        if db is not None or unique_key is not None:
+            from taskwarren.store import outbox
+
+            if unique_key is not None and not records:
+                raise ConfigurationError("unique_key needs the job store: set "
+                                         "TASKWARREN_STORE_URL (and leave TASKWARREN_JOBS on)")
+            for envelope in envelopes:
+                self.check_size(envelope.body)
+            if self.middleware.uses("before_enqueue"):
+                for envelope in envelopes:
+                    self.middleware.before_enqueue(envelope)
+            if unique_key is not None:
+                return self.jobs.send_unique(envelopes[0], delay_s, unique_key, db)
+            outbox.write(db, envelopes, delay_s, record=records)
+            return None
+
+        def publish() -> None:
+            self.declare([queue])
+            self.broker.publish(queue, envelopes, delay_s)
+
+        self._send(queue, envelopes, publish)
+        if records:
+            self.jobs.sent(envelopes, delay_s)
+        return None
+
     def publish(self, queue: str, envelopes: Sequence[Envelope], delay_s: float = 0.0) -> None:
-        """Publish envelopes to ``queue`` (declared first), confirmed."""
-        self.declare([queue])
+        """Same as :meth:`enqueue` (kept for callers of the first releases)."""
+        self.enqueue(queue, envelopes, delay_s=delay_s)
+
+    def _send(self, queue: str, envelopes: Sequence[Envelope], publish: Callable[[], object],
+              ) -> object:
+        # ``queue`` becomes a metrics label: a declared queue name or a fixed one, never
+        # text from a message (an event's routing key).
+        for envelope in envelopes:
+            self.check_size(envelope.body)
+        chain = self.middleware
+        if chain.uses("before_enqueue"):
+            for envelope in envelopes:
+                chain.before_enqueue(envelope)
         started = time.perf_counter()
-        self.broker.publish(queue, envelopes, delay_s)
-        if self.publish_observers:
-            elapsed = time.perf_counter() - started
-            for observe in self.publish_observers:
-                observe(queue, len(envelopes), elapsed)
+        outcome = publish()
+        if chain.uses("after_publish"):
+            chain.after_publish(queue, len(envelopes), time.perf_counter() - started)
+        if chain.uses("after_enqueue"):
+            for envelope in envelopes:
+                chain.after_enqueue(envelope)
+        return outcome
 
     def publish_event(
         self, routing_key: str, payload: Any, *, require_subscriber: bool = False
@@ -285,9 +315,11 @@ class Warren:
             PublishError: the broker did not confirm it.
         """
         check_routing_key(routing_key)
-        body = self._event_body(routing_key, payload)
-        self.check_size(body)
-        reached = self.broker.publish_event(routing_key, encode_event(routing_key, body))
+        envelope = encode_event(routing_key, self._event_body(routing_key, payload))
+        events = require(self.broker, Events, "events")
+        reached = self._send(EVENTS_QUEUE, [envelope],
+                             lambda: events.publish_event(routing_key, envelope))
+        assert reached is None or isinstance(reached, int)
         if reached == 0:
             if require_subscriber:
                 raise UnroutableError(f"event {routing_key!r} reached no queue: nothing "
@@ -312,15 +344,27 @@ class Warren:
                              "give a pydantic model instance (no subscriber of this event is "
                              "registered here to validate anything else against)")
 
-    def publish_broadcast(self, envelope: Envelope) -> None:
-        """Publish a broadcast task call to every live worker process, confirmed."""
-        reached = self.broker.publish_broadcast(envelope)
+    def broadcast(self, envelope: Envelope) -> None:
+        """Publish a broadcast task call to every live worker process, confirmed.
+
+        Raises:
+            PublishError: the body is too large, or the broker did not confirm.
+            NotSupportedError: the broker has no broadcasts.
+        """
+        broadcasts = require(self.broker, Broadcasts, "broadcasts")
+        reached = self._send(BROADCASTS_QUEUE, [envelope],
+                             lambda: broadcasts.publish_broadcast(envelope))
         if reached == 0:
             log.warning("broadcast.unheard", task=envelope.task, task_id=envelope.message_id,
                         reason="no worker process is listening")
 
+    def publish_broadcast(self, envelope: Envelope) -> None:
+        """Same as :meth:`broadcast` (kept for callers of the first releases)."""
+        self.broadcast(envelope)
+
     def close(self) -> None:
-        """Close this process's broker connections."""
+        """Close this process's broker and job store connections."""
+        self.jobs.close()
         if self._broker is not None and self._broker_pid == os.getpid():
             self._broker.close()
         self._broker = None

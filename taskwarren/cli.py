@@ -1,9 +1,13 @@
-"""The ``taskwarren`` command: worker, send, queues, dlq, topology, demo."""
+"""The ``taskwarren`` command: worker, send, queues, dlq, topology, store, jobs, and installed
+commands.
+
+Other distributions add subcommands (the email pipeline adds ``demo``): see
+:mod:`taskwarren.commands`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import shutil
@@ -12,52 +16,36 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
 from typing import Any
 
 import click
 
-from taskwarren import app as app_module
 from taskwarren.app import Warren
-from taskwarren.errors import TaskwarrenError
+from taskwarren.brokers.capabilities import Admin, Presence, Topology, require
+from taskwarren.cli_jobs import jobs_group
+from taskwarren.cli_loading import load_app, load_middleware
+from taskwarren.cli_store import relay_command, store_group
+from taskwarren.cli_topology import MIGRATE as _MIGRATE
+from taskwarren.cli_topology import print_topology as _print_topology
+from taskwarren.commands import CommandGroup
+from taskwarren.errors import ConfigurationError, TaskwarrenError
 from taskwarren.logs import configure
 from taskwarren.message import H_REASON, decode_kwargs, failure_summary
 from taskwarren.settings import Settings
-from taskwarren.topology import BindingSpec, ExchangeSpec, QueueSpec, TopologyItem
 
 
-def load_app(modules: Sequence[str], url: str | None) -> Warren:
-    """Import ``modules`` and return the app their tasks belong to.
+class _Commands(CommandGroup):
+    """The command group; bad settings end a command with one line, not a traceback."""
 
-    A module may define its own :class:`Warren`; otherwise module-level ``@task``
-    functions belong to the default app.
-
-    Raises:
-        click.UsageError: no tasks found, or tasks spread over several apps.
-    """
-    sys.path.insert(0, os.getcwd())
-    if url:
-        os.environ["TASKWARREN_URL"] = url
-    found: list[Warren] = []
-    for name in modules:
-        module = importlib.import_module(name)
-        for value in vars(module).values():
-            if isinstance(value, Warren) and value.tasks and value not in found:
-                found.append(value)
-    default = app_module._default_app
-    if default is not None and default.tasks and default not in found:
-        found.append(default)
-    if not found:
-        raise click.UsageError(f"no tasks found in {', '.join(modules)}")
-    if len(found) > 1:
-        raise click.UsageError("tasks belong to several apps; run one worker per app")
-    app = found[0]
-    if url and app.settings.url != url:
-        app.settings = app.settings.model_copy(update={"url": url})
-    return app
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigurationError as exc:
+            # The message names the setting and never shows a password.
+            raise click.ClickException(str(exc)) from None
 
 
-@click.group()
+@click.group(cls=_Commands)
 @click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto",
               help="JSON lines or colour console (auto: console on a terminal).")
 @click.option("--log-level", default="INFO", show_default=True)
@@ -79,11 +67,16 @@ def main(log_format: str, log_level: str) -> None:
 @click.option("--grace", type=float, default=None, help="Seconds running tasks get on stop.")
 @click.option("--metrics-port", type=int, default=None,
               help="Serve Prometheus /metrics and /healthz for the whole pool on this port.")
+@click.option("--middleware", "middleware", multiple=True, metavar="MODULE:NAME",
+              help="Add this middleware (instance, or class made with no arguments); "
+                   "repeatable, run in the order given.")
+@click.option("--relay/--no-relay", default=True, show_default=True,
+              help="Run the outbox relay beside the pool when a job store is configured.")
 def worker(modules: tuple[str, ...], concurrency: int | None, queues: str | None,
            threads: int, prefetch: int | None, url: str | None, grace: float | None,
-           metrics_port: int | None) -> None:
+           metrics_port: int | None, middleware: tuple[str, ...], relay: bool) -> None:
     """Run a pool of worker processes for the tasks in MODULES."""
-    from taskwarren.middleware import Chain, Middleware
+    from taskwarren.cli_store import relay_sidecars
     from taskwarren.worker.supervisor import Supervisor
 
     metrics_dir = None
@@ -93,14 +86,15 @@ def worker(modules: tuple[str, ...], concurrency: int | None, queues: str | None
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     app = load_app(modules, url)
     chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else app.queues()
-    middleware: list[Middleware] = []
+    for spec in middleware:
+        app.add_middleware(load_middleware(spec))
     if metrics_port is not None:
         from taskwarren.middleware.metrics import PrometheusMetrics
 
-        middleware.append(PrometheusMetrics(app))
+        app.add_middleware(PrometheusMetrics(app))
     pool = Supervisor(app, chosen, concurrency or os.cpu_count() or 1, threads,
-                      prefetch or app.settings.prefetch, grace, middleware=Chain(middleware),
-                      metrics_port=metrics_port)
+                      prefetch or app.settings.prefetch, grace, metrics_port=metrics_port,
+                      sidecars=relay_sidecars(app) if relay else ())
     try:
         code = pool.run()
     finally:
@@ -171,8 +165,8 @@ def _broker_app(url: str | None) -> Warren:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def queues(queue_names: tuple[str, ...], url: str | None, as_json: bool) -> None:
     """Show ready, unacked, consumers, dead and delayed counts of QUEUE_NAMES."""
-    broker = _broker_app(url).broker
-    rows = [broker.stats(q) for q in queue_names]
+    admin = require(_broker_app(url).broker, Admin, "queue statistics")
+    rows = [admin.stats(q) for q in queue_names]
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(r) for r in rows]))
         return
@@ -190,7 +184,7 @@ def queues(queue_names: tuple[str, ...], url: str | None, as_json: bool) -> None
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def workers(url: str | None, listen: float, as_json: bool) -> None:
     """Live worker pools, discovered through the broker: host, pid, children, queues."""
-    heard = _broker_app(url).broker.presence(listen)
+    heard = require(_broker_app(url).broker, Presence, "worker discovery").presence(listen)
     pools: dict[tuple[str, int], dict[str, Any]] = {}
     now = time.time()
     for info in heard:
@@ -213,6 +207,10 @@ def workers(url: str | None, listen: float, as_json: bool) -> None:
                    f"{r['uptime_s']:>9}  {','.join(r['queues'])}")
 
 
+def _admin(url: str | None) -> Admin:
+    return require(_broker_app(url).broker, Admin, "dead-letter handling")
+
+
 def _dash(value: int | None) -> str:
     return "-" if value is None else str(value)
 
@@ -227,7 +225,7 @@ def dlq() -> None:
 @click.option("--url", default=None)
 def dlq_list(queue: str, url: str | None) -> None:
     """List QUEUE's dead letters (they stay where they are)."""
-    for env in _broker_app(url).broker.dead_letters(queue):
+    for env in _admin(url).dead_letters(queue):
         error_type, error, failed_at = failure_summary(env)
         click.echo("\t".join(str(x) for x in (
             env.message_id, env.task, env.attempt, error_type,
@@ -240,7 +238,7 @@ def dlq_list(queue: str, url: str | None) -> None:
 @click.option("--url", default=None)
 def dlq_show(queue: str, task_id: str, url: str | None) -> None:
     """Show everything about one dead letter, traceback and arguments included."""
-    for env in _broker_app(url).broker.dead_letters(queue):
+    for env in _admin(url).dead_letters(queue):
         if env.message_id == task_id:
             try:
                 arguments: Any = decode_kwargs(env, sys.maxsize)
@@ -264,7 +262,7 @@ def dlq_replay(queue: str, ids: tuple[str, ...], replay_all: bool, url: str | No
     """Send dead letters back to QUEUE with their attempts reset."""
     if not ids and not replay_all:
         raise click.UsageError("give --id ID (repeatable) or --all")
-    n = _broker_app(url).broker.replay_dead(queue, None if replay_all else list(ids))
+    n = _admin(url).replay_dead(queue, None if replay_all else list(ids))
     click.echo(f"replayed {n}")
 
 
@@ -277,7 +275,7 @@ def dlq_purge(queue: str, ids: tuple[str, ...], yes: bool, url: str | None) -> N
     """Delete dead letters of QUEUE (all, or --id ones); needs --yes."""
     if not yes:
         raise click.UsageError("purging deletes messages for good: add --yes")
-    n = _broker_app(url).broker.purge_dead(queue, list(ids) if ids else None)
+    n = _admin(url).purge_dead(queue, list(ids) if ids else None)
     click.echo(f"purged {n}")
 
 
@@ -301,7 +299,7 @@ def topology_plan(modules: tuple[str, ...], queues: str | None, url: str | None)
     app = load_app(modules, url)
     items = app.topology(_chosen(app, queues))
     try:
-        statuses = app.broker.check_topology(items)
+        statuses = require(app.broker, Topology, "topology inspection").check_topology(items)
     except TaskwarrenError as exc:
         raise click.ClickException(str(exc)) from None
     _print_topology(items, statuses)
@@ -329,7 +327,7 @@ def topology_apply(modules: tuple[str, ...], queues: str | None, url: str | None
     app = load_app(modules, url)
     items = app.topology(_chosen(app, queues))
     try:
-        statuses = app.broker.apply_topology(items)
+        statuses = require(app.broker, Topology, "topology changes").apply_topology(items)
     except TaskwarrenError as exc:
         raise click.ClickException(str(exc)) from None
     _print_topology(items, statuses)
@@ -341,56 +339,10 @@ def topology_apply(modules: tuple[str, ...], queues: str | None, url: str | None
         sys.exit(1)
 
 
-_MIGRATE = """taskwarren never deletes a queue nor redeclares one with other arguments (RabbitMQ
-refuses that with PRECONDITION_FAILED). To migrate a queue Q that differs:
-  1. stop the workers of Q and let it drain (or move its messages with a shovel);
-     producers sending meanwhile get an error when Q is gone, nothing is lost silently;
-  2. delete it: rabbitmqctl delete_queue Q (and Q.dead once it is empty or replayed);
-  3. run `taskwarren topology apply` again, then start the workers.
-Or keep the queue as it is: TASKWARREN_QUEUE_TYPE=classic (or quorum) matches an
-existing queue of that type."""
-
-
 def _chosen(app: Warren, queues: str | None) -> list[str]:
     return [q.strip() for q in queues.split(",") if q.strip()] if queues else app.queues()
 
 
-def _print_topology(items: Sequence[TopologyItem], statuses: Sequence[str]) -> None:
-    """One line per item; the 28 delay levels summed up unless something is amiss."""
-    levels: dict[str, int] = {}
-    for item, status in zip(items, statuses, strict=True):
-        if _is_delay_level(item) and status.startswith(("ok", "created", "unknown")):
-            key = f"{type(item).__name__}:{status.split(':')[0]}"
-            levels[key] = levels.get(key, 0) + 1
-            continue
-        click.echo(f"{_describe(item):72} {status}")
-    if levels:
-        summary = ", ".join(f"{n} {k.split(':')[0].removesuffix('Spec').lower()}s "
-                            f"{k.split(':')[1]}" for k, n in sorted(levels.items()))
-        click.echo(f"{'delay levels taskwarren.delay.0-27':72} {summary}")
-
-
-def _is_delay_level(item: TopologyItem) -> bool:
-    name = item.source if isinstance(item, BindingSpec) else item.name
-    return name.startswith("taskwarren.delay.") and name[len("taskwarren.delay."):].isdigit()
-
-
-def _describe(item: TopologyItem) -> str:
-    if isinstance(item, ExchangeSpec):
-        return f"exchange {item.name} ({item.kind}, durable)"
-    if isinstance(item, QueueSpec):
-        args = ", ".join(f"{k}={v}" for k, v in item.arguments.items())
-        return f"queue    {item.name} (durable; {args})"
-    arrow = "exchange" if item.to_exchange else "queue"
-    return f"binding  {item.source} -> {arrow} {item.destination} key {item.key!r}"
-
-
-def _add_demo() -> None:
-    try:
-        demo = importlib.import_module("workers.email_analysis.demo")
-    except ImportError:
-        return
-    main.add_command(demo.demo_command, "demo")
-
-
-_add_demo()
+main.add_command(store_group)
+main.add_command(jobs_group)
+main.add_command(relay_command)

@@ -12,6 +12,8 @@
     │       ├── UnroutableError           the broker returned it: no queue bound
     │       ├── PublishNackedError        the broker refused it (nack)
     │       └── PublishTimeoutError       no confirm within the deadline (blocked broker)
+    ├── StoreError                the job store (the application's database) failed us
+    │   └── StoreNotInitializedError  taskwarren's tables are missing: run `taskwarren store init`
     ├── MessageError              a queued message cannot be turned into a task call
     │   ├── DecodeError               not JSON, wrong content type, oversized, bad headers
     │   └── UnknownTaskError          no task registered under that name
@@ -74,6 +76,14 @@ class PublishNackedError(PublishError):
 
 class PublishTimeoutError(PublishError):
     """No confirm arrived before the deadline (for example, the broker blocks publishers)."""
+
+
+class StoreError(TaskwarrenError):
+    """The job store (taskwarren's tables in the application's database) failed an operation."""
+
+
+class StoreNotInitializedError(StoreError):
+    """taskwarren's tables are missing from the database: ``taskwarren store init`` makes them."""
 
 
 class MessageError(TaskwarrenError):

@@ -32,8 +32,27 @@ H_REASON = "tw-reason"
 #: On an event copy: the routing key it was published with (its body is the event).
 H_EVENT = "tw-event"
 
+#: Longest task id, in UTF-8 bytes: a message id is an AMQP short string.
+MAX_TASK_ID_BYTES = 255
 #: Longest traceback kept in a dead letter's headers (AMQP header tables are bounded).
 MAX_TRACEBACK_CHARS = 8000
+#: Longest reason, error or error type we write into a header.
+MAX_HEADER_CHARS = 2000
+#: Longest echo of a message's own text (a task name, an event key) in errors and logs.
+MAX_ECHO_CHARS = 200
+#: Bytes the header table of a message we publish may take. A message's properties
+#: travel in one frame, and RabbitMQ's frame limit is 128 KiB by default: past it the
+#: broker closes the connection, and a dead letter that never fits comes back forever.
+#: The rest of the frame is left to the other properties (and to estimates' slack).
+MAX_HEADERS_BYTES = 100 * 1024
+#: Longest text kept of a header that was cut to make a table fit.
+CLIPPED_HEADER_CHARS = 1000
+#: On a copy whose headers were cut to fit: which ones were cut or dropped.
+H_CLIPPED = "tw-clipped"
+
+#: The ``tw-*`` headers taskwarren writes; a copy cut to fit keeps only these of ``tw-*``.
+_OUR_HEADERS = frozenset((H_TASK, H_ATTEMPT, H_QUEUE, H_ETA, H_TRACE, H_ERROR, H_ERROR_TYPE,
+                          H_TRACEBACK, H_FAILED_AT, H_REASON, H_EVENT, H_CLIPPED))
 
 #: Headers the broker adds when it dead-letters; a retry or replay starts clean.
 _BROKER_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queue",
@@ -69,9 +88,10 @@ class Envelope:
 
     @property
     def attempt(self) -> int:
-        """Zero-based attempt number."""
+        """Zero-based attempt number (``0`` for anything but a non-negative integer)."""
         value = self.headers.get(H_ATTEMPT, 0)
-        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+        # A negative count from a producer would buy an unlimited retry budget.
+        return max(value, 0) if isinstance(value, int) and not isinstance(value, bool) else 0
 
     @property
     def queue(self) -> str:
@@ -96,14 +116,81 @@ class Envelope:
         return replace(self, headers=headers)
 
     def with_headers(self, updates: Mapping[str, HeaderValue]) -> Envelope:
-        """A clean copy with ``updates`` applied (a value of ``None`` removes the header)."""
+        """A clean copy with ``updates`` applied (a value of ``None`` removes the header).
+
+        The copy's headers always fit :data:`MAX_HEADERS_BYTES`: if the message came
+        with headers so large that they would not, the largest of them are cut.
+        """
         headers = dict(self.clean().headers)
         for name, value in updates.items():
             if value is None:
                 headers.pop(name, None)
             else:
                 headers[name] = value
-        return replace(self, headers=headers)
+        return replace(self, headers=fit_headers(headers))
+
+
+def clip(text: str, limit: int = MAX_HEADER_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [{len(text) - limit} more characters]"
+
+
+def clip_start(text: str, limit: int) -> str:
+    """The last ``limit`` characters of ``text``, saying how much was cut (tracebacks)."""
+    if len(text) <= limit:
+        return text
+    return f"[{len(text) - limit} characters cut]...{text[-limit:]}"
+
+
+def header_bytes(value: object) -> int:
+    """A generous estimate of the bytes ``value`` takes in an AMQP header table."""
+    if isinstance(value, str):
+        return 5 + len(value.encode("utf-8", "replace"))
+    if isinstance(value, bytes | bytearray):
+        return 5 + len(value)
+    if isinstance(value, Mapping):
+        return 5 + sum(2 + len(str(k).encode("utf-8", "replace")) + header_bytes(v)
+                       for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return 5 + sum(header_bytes(v) for v in value)
+    if value is None or isinstance(value, bool | int | float | datetime):
+        return 9
+    return 5 + len(str(value))
+
+
+def fit_headers(headers: dict[str, HeaderValue]) -> dict[str, HeaderValue]:
+    """``headers`` cut to fit :data:`MAX_HEADERS_BYTES`, largest first.
+
+    A long text header is cut to :data:`CLIPPED_HEADER_CHARS`; any other header that
+    is not one of ours, or is ours but neither text nor a number, is dropped. What is
+    left then always fits: a dozen headers of at most that many characters.
+    :data:`H_CLIPPED` names what was cut, so a reader knows the copy is not the original.
+    """
+    sizes = {name: 2 + len(name.encode("utf-8", "replace")) + header_bytes(value)
+             for name, value in headers.items()}
+    total = sum(sizes.values())
+    if total <= MAX_HEADERS_BYTES:
+        return headers
+    out = dict(headers)
+    cut: list[str] = []
+    for name in sorted(sizes, key=sizes.__getitem__, reverse=True):
+        if total <= MAX_HEADERS_BYTES - 2 * CLIPPED_HEADER_CHARS:  # room for H_CLIPPED
+            break
+        value = out[name]
+        if isinstance(value, str) and len(value) > CLIPPED_HEADER_CHARS:
+            out[name] = clip(value, CLIPPED_HEADER_CHARS)
+            total += header_bytes(out[name]) - header_bytes(value)
+        elif name not in _OUR_HEADERS or not isinstance(value, str | int | float):
+            # A producer may set any number of ``tw-*`` names, and values of any type.
+            del out[name]
+            total -= sizes[name]
+        else:
+            continue
+        cut.append(clip(name, 64))
+    out[H_CLIPPED] = clip(", ".join(cut), CLIPPED_HEADER_CHARS)
+    return out
 
 
 def revived(envelope: Envelope) -> Envelope:
@@ -193,13 +280,13 @@ def failure_headers(
 ) -> dict[str, HeaderValue]:
     """Headers recorded on a dead letter."""
     headers: dict[str, HeaderValue] = {
-        H_ERROR_TYPE: error_type,
-        H_ERROR: error[:2000],
+        H_ERROR_TYPE: clip(error_type, MAX_ECHO_CHARS),
+        H_ERROR: clip(error),
         H_FAILED_AT: datetime.now(UTC).isoformat(),
-        H_REASON: reason or error_type,
+        H_REASON: clip(reason or error_type),
     }
     if traceback_text:
-        headers[H_TRACEBACK] = traceback_text[-MAX_TRACEBACK_CHARS:]
+        headers[H_TRACEBACK] = clip_start(traceback_text, MAX_TRACEBACK_CHARS)
     return headers
 
 

@@ -1,21 +1,35 @@
 """Settings: one typed object, built from ``TASKWARREN_*`` variables only when asked.
 
 Nothing here runs at import time. ``Settings.from_env()`` reads the environment;
-an unknown ``TASKWARREN_*`` variable is an error rather than a silent typo.
+an unknown ``TASKWARREN_*`` variable is an error rather than a silent typo, except
+the service link variables Kubernetes injects for a Service named ``taskwarren-*``.
 """
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
 import os
 import re
-from collections.abc import Mapping
-from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from taskwarren.errors import ConfigurationError
+from taskwarren.urls import (
+    AMQP_SCHEMES,
+    EVENTS_QUEUE_PREFIX,
+    events_queue,
+    mask_url,
+    parse_urls,
+    scheme_of,
+)
 
+__all__ = ["DEFAULT_URL", "Settings", "mask_url"]
+
+#: URL schemes a job store may have.
+STORE_SCHEMES = frozenset(("postgresql", "postgres", "mysql", "mariadb", "sqlite"))
 #: The broker used when no URL is configured: the embedded, durable SQLite broker.
 DEFAULT_URL = "sqlite:///taskwarren.db"
 
@@ -32,17 +46,36 @@ _ENV_FIELDS = {
     "TASKWARREN_GRACE_S": "grace_s",
     "TASKWARREN_PREFETCH": "prefetch",
     "TASKWARREN_CONSUMER_TIMEOUT_S": "consumer_timeout_s",
+    "TASKWARREN_STORE_URL": "store_url",
+    "TASKWARREN_JOBS": "jobs",
+    "TASKWARREN_JOB_RETENTION_S": "job_retention_s",
+    "TASKWARREN_JOBS_QUEUE": "jobs_queue",
 }
 #: Prefixes of variables that belong to the test suite or benchmarks, not to settings.
 _ENV_IGNORED_PREFIXES = ("TASKWARREN_TEST_", "TASKWARREN_BENCH_")
+#: The names Kubernetes gives a Service's link variables (``enableServiceLinks``, on by
+#: default), where a Service ``taskwarren-x`` gives ``<SVC>`` = ``TASKWARREN_X``. One name
+#: can have several readings (``<SVC>_SERVICE_PORT`` is also ``<SVC>_SERVICE`` + ``_PORT``),
+#: so each shape is tried on its own.
+_SVC = r"TASKWARREN(?:_[A-Z0-9_]+)?"
+_SERVICE_HOST_RE = re.compile(_SVC + r"_SERVICE_HOST")
+_SERVICE_PORT_RE = re.compile(_SVC + r"_SERVICE_PORT(?:_[A-Z0-9_]+)?")
+_FIRST_PORT_RE = re.compile(_SVC + r"_PORT")
+_PORT_RE = re.compile(
+    _SVC + r"_PORT_(?P<port>[0-9]+)_(?P<proto>TCP|UDP|SCTP)(?:_(?P<part>PROTO|PORT|ADDR))?"
+)
+#: The value of a docker-link URL variable: ``tcp://10.0.0.1:5672``, ``tcp://[fd00::1]:5672``.
+_LINK_URL_RE = re.compile(r"(tcp|udp|sctp)://(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+)):([0-9]+)")
 
 
 class Settings(BaseModel):
     """Everything taskwarren can be configured with.
 
     Attributes:
-        url: broker URL; ``amqp://user:pass@host:5672/vhost`` (a comma-separated list
-            for a cluster), ``sqlite:///path.db``, or ``memory://``.
+        url: broker URL; ``amqp://user:pass@host:5672/vhost?heartbeat=10`` (a
+            comma-separated list for a cluster; see :mod:`taskwarren.urls`),
+            ``sqlite:///path.db``, or ``memory://``. An AMQP URL is checked here, when
+            the settings are built, so a bad one stops a program at its start.
         queue_type: ``quorum`` (replicated, the default) or ``classic``.
         delivery_limit: the broker's own redelivery backstop on quorum queues.
         poison_kills: a message that killed this many worker processes is dead-lettered.
@@ -55,6 +88,16 @@ class Settings(BaseModel):
         prefetch: pin the per-consumer prefetch; ``None`` adapts it to task durations.
         consumer_timeout_s: the broker's consumer timeout, to warn about tasks whose
             time limit exceeds it.
+        store_url: the job store, taskwarren's tables in the application's database:
+            ``postgresql://user:pass@host/db``, ``mysql://user:pass@host/db`` (MySQL 8 or
+            MariaDB 10.6+) or ``sqlite:///path.db``. ``None``: with the embedded SQLite
+            broker, its own database file; with RabbitMQ, no store.
+        jobs: record every job's life in the store's ``taskwarren_jobs`` (for
+            ``taskwarren jobs``, ``app.jobs``, cancel and ``unique_key``). ``None``: on
+            when ``store_url`` is set, else off.
+        job_retention_s: finished jobs older than this are pruned (``0``: kept forever).
+        jobs_queue: the queue job events travel on to the projector. ``None``: one of the
+            store's own (:func:`taskwarren.store.jobs.events_queue`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -70,6 +113,10 @@ class Settings(BaseModel):
     grace_s: float = Field(default=30.0, ge=0)
     prefetch: int | None = Field(default=None, ge=1)
     consumer_timeout_s: float = Field(default=1800.0, gt=0)
+    store_url: str | None = None
+    jobs: bool | None = None
+    job_retention_s: float = Field(default=7 * 24 * 3600.0, ge=0)
+    jobs_queue: str | None = None
 
     @classmethod
     def from_env(
@@ -87,20 +134,127 @@ class Settings(BaseModel):
                 continue
             field = _ENV_FIELDS.get(key)
             if field is None:
-                known = ", ".join(sorted(_ENV_FIELDS))
-                raise ConfigurationError(f"unknown setting {key}; known: {known}")
+                if _is_service_link(key, value):
+                    continue
+                raise ConfigurationError(_unknown(key))
             if value != "":
                 values[field] = value
         values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls._validated(values)
+
+    def replace(self, **changes: object) -> Settings:
+        """A copy with ``changes``, checked like :meth:`from_env` (``None`` keeps a value).
+
+        Raises:
+            ConfigurationError: a bad value.
+        """
+        values = self.model_dump()
+        values.update({k: v for k, v in changes.items() if v is not None})
+        return self._validated(values)
+
+    @classmethod
+    def _validated(cls, values: dict[str, object]) -> Settings:
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
             raise ConfigurationError(_describe(exc)) from None
 
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        # Raises ConfigurationError, which pydantic lets through untouched: its own
+        # errors would quote the URL, password and all.
+        if scheme_of(url) in AMQP_SCHEMES:
+            parse_urls(url)
+        return url
+
+    @field_validator("store_url")
+    @classmethod
+    def _check_store_url(cls, url: str | None) -> str | None:
+        if url is not None and scheme_of(url) not in STORE_SCHEMES:
+            raise ConfigurationError(
+                f"TASKWARREN_STORE_URL {mask_url(url)!r}: use postgresql://, mysql:// "
+                "(MySQL 8 or MariaDB 10.6+) or sqlite:///")
+        return url
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # repr() and str() of settings end up in logs and tracebacks: no password.
+        for name, value in super().__repr_args__():
+            masked = name in ("url", "store_url") and isinstance(value, str)
+            yield name, mask_url(value) if masked else value
+
     @property
     def scheme(self) -> str:
         """The URL scheme: ``amqp``, ``amqps``, ``sqlite`` or ``memory``."""
-        return urlsplit(self.url.split(",")[0].strip()).scheme
+        return scheme_of(self.url)
+
+    @property
+    def effective_store_url(self) -> str | None:
+        """The job store's URL: ``store_url``, else the embedded SQLite broker's file."""
+        if self.store_url is not None:
+            return self.store_url
+        return self.url if self.scheme == "sqlite" else None
+
+    @property
+    def jobs_events_queue(self) -> str:
+        """The queue job events travel on: ``jobs_queue``, else the store's own."""
+        if self.jobs_queue is not None:
+            return self.jobs_queue
+        url = self.effective_store_url
+        return events_queue(url) if url is not None else EVENTS_QUEUE_PREFIX
+
+    @property
+    def records_jobs(self) -> bool:
+        """Whether jobs are recorded in the store (``jobs``, else whether ``store_url``
+        is set); never without a store."""
+        wanted = self.store_url is not None if self.jobs is None else self.jobs
+        return wanted and self.effective_store_url is not None
+
+
+def _unknown(key: str) -> str:
+    hint = difflib.get_close_matches(key, _ENV_FIELDS, n=1)
+    known = ", ".join(sorted(_ENV_FIELDS))
+    if hint:
+        return f"unknown setting {key} (did you mean {hint[0]}?); known: {known}"
+    return f"unknown setting {key}; known: {known}"
+
+
+def _is_service_link(key: str, value: str) -> bool:
+    """Whether ``key=value`` is exactly what Kubernetes injects for a Service.
+
+    The value is checked as well as the name, so that a setting a user invented in
+    the same shape (``TASKWARREN_BROKER_PORT=5672``) is still reported, not ignored.
+    """
+    if _SERVICE_HOST_RE.fullmatch(key) and _is_ip(value):
+        return True
+    if _SERVICE_PORT_RE.fullmatch(key) and _is_port(value):
+        return True
+    url = _LINK_URL_RE.fullmatch(value)
+    if _FIRST_PORT_RE.fullmatch(key) and url and _is_ip(url[2] or url[3]) and _is_port(url[4]):
+        return True
+    name = _PORT_RE.fullmatch(key)
+    if name is None:
+        return False
+    proto, port = name["proto"].lower(), name["port"]
+    if name["part"] == "PROTO":
+        return value == proto
+    if name["part"] == "PORT":
+        return value == port and _is_port(value)
+    if name["part"] == "ADDR":
+        return _is_ip(value)
+    return url is not None and url[1] == proto and _is_ip(url[2] or url[3]) and url[4] == port
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_port(value: str) -> bool:
+    return value.isascii() and value.isdigit() and 0 < int(value) < 65536
 
 
 def _describe(exc: ValidationError) -> str:
@@ -110,19 +264,3 @@ def _describe(exc: ValidationError) -> str:
         parts.append(f"{where}: {err['msg']}")
     return "invalid settings: " + "; ".join(parts)
 
-
-_PASSWORD_RE = re.compile(r"(?<=://)([^:/@,]*):([^@/,]*)@")
-
-
-def mask_url(url: str) -> str:
-    """Return ``url`` (or a comma-separated list of URLs) with every password masked."""
-    masked = []
-    for part in url.split(","):
-        split = urlsplit(part.strip())
-        if split.password is None:
-            masked.append(_PASSWORD_RE.sub(r"\1:***@", part.strip()))
-            continue
-        netloc = split.netloc.rsplit("@", 1)
-        user = netloc[0].split(":", 1)[0]
-        masked.append(urlunsplit(split._replace(netloc=f"{user}:***@{netloc[1]}")))
-    return ",".join(masked)

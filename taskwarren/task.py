@@ -1,68 +1,47 @@
 """Task: a function plus its options, its argument model, and ways to send it.
 
 ``.send()`` validates the call against the function's signature with a pydantic model
-built once per task, serialises it to JSON, and returns the task id once the broker
-has confirmed the persistent message.
+built once per task, serialises it to JSON, builds the envelope and hands it to its
+:class:`Sender` (the app, whose ``enqueue`` is the one send path); it returns the task
+id once the broker has confirmed the persistent message.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import typing
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from taskwarren.errors import ArgumentsError, ConfigurationError, DecodeError
-from taskwarren.message import Envelope, encode
-from taskwarren.retries import Backoff
-from taskwarren.topology import check_pattern, check_queue_name
+from taskwarren.message import MAX_TASK_ID_BYTES, Envelope, encode
+from taskwarren.options import DEFAULT_QUEUE, TaskOptionArgs, TaskOptions, task_options
+from taskwarren.store.jobs import storable
+from taskwarren.topology import check_queue_name
 
-if TYPE_CHECKING:
-    from taskwarren.app import Warren
+__all__ = ["DEFAULT_QUEUE", "BoundTask", "SendOptions", "Sender", "Task", "TaskOptionArgs",
+           "TaskOptions", "json_dumps", "task_options"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: Queue used when a task names none.
-DEFAULT_QUEUE = "default"
+class Sender(Protocol):
+    """Where a task's envelopes go: the app's one send path."""
 
+    def enqueue(self, queue: str, envelopes: Sequence[Envelope], *, delay_s: float = 0.0,
+                db: object | None = None, unique_key: str | None = None) -> str | None:
+        """Check, publish and confirm ``envelopes`` to ``queue`` (or, with ``db``, write
+        them to the outbox in that connection's transaction); with ``unique_key``, the
+        id of the live job holding it."""
 
-@dataclass(frozen=True, slots=True)
-class TaskOptions:
-    """How a task is queued and run.
-
-    Attributes:
-        queue: the queue its messages go to.
-        retries: how many times a failed call is tried again (0: dead-letter at once).
-        backoff: delay policy between retries.
-        retry_on: exception types that are retried; anything else is dead-lettered.
-        dont_retry: exception types that are never retried (checked first).
-        time_limit_s: hard limit: past it the call fails and the process is replaced.
-        soft_time_limit_s: past it, ``SoftTimeLimitExceeded`` is raised in the task.
-        subscribe: event patterns (``audit.#``, ``email.*``) whose events it receives.
-        broadcast: ``.send()`` runs it once in every live worker process.
-    """
-
-    queue: str = DEFAULT_QUEUE
-    retries: int = 0
-    backoff: Backoff = field(default_factory=Backoff)
-    retry_on: tuple[type[BaseException], ...] = (Exception,)
-    dont_retry: tuple[type[BaseException], ...] = ()
-    time_limit_s: float | None = None
-    soft_time_limit_s: float | None = None
-    subscribe: tuple[str, ...] = ()
-    broadcast: bool = False
-
-    def should_retry(self, exc: BaseException, attempt: int) -> bool:
-        """Whether a call that raised ``exc`` on ``attempt`` (0-based) is tried again."""
-        if attempt >= self.retries or isinstance(exc, self.dont_retry):
-            return False
-        return isinstance(exc, self.retry_on)
+    def broadcast(self, envelope: Envelope) -> None:
+        """Check, publish and confirm one broadcast call to every live worker process."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +52,16 @@ class SendOptions:
         queue: send to this queue instead of the task's.
         delay_s: run no earlier than this many seconds from now.
         task_id: use this id (e.g. an outbox row's) instead of a new one.
+        db: the application's database connection: the call becomes an outbox row in
+            its open transaction instead of a message (see :mod:`taskwarren.store`).
+        unique_key: at most one live job per key (see :meth:`Task.options`).
     """
 
     queue: str | None = None
     delay_s: float = 0.0
     task_id: str | None = None
+    db: object | None = None
+    unique_key: str | None = None
 
 
 def _delay_from(delay: float | timedelta | None, eta: datetime | None) -> float:
@@ -133,12 +117,13 @@ class Task(Generic[P, R]):
     """
 
     def __init__(
-        self, app: Warren, fn: Callable[P, R], name: str, options: TaskOptions
+        self, app: Sender, fn: Callable[P, R], name: str, options: TaskOptions
     ) -> None:
         self.app = app
         self.fn = fn
         self.name = name
         self.task_options = options
+        _check_not_async(fn, name)
         self.model = _argument_model(fn, name)
         self._signature = inspect.signature(fn)
         self._fields = tuple(self._signature.parameters)
@@ -166,6 +151,8 @@ class Task(Generic[P, R]):
         delay: float | timedelta | None = None,
         eta: datetime | None = None,
         task_id: str | None = None,
+        db: object | None = None,
+        unique_key: str | None = None,
     ) -> BoundTask[P, R]:
         """Per-call options: ``task.options(delay=30).send(...)``.
 
@@ -174,10 +161,34 @@ class Task(Generic[P, R]):
             delay: seconds (or a timedelta) to wait before the task may run.
             eta: an aware datetime before which the task does not run.
             task_id: the id to give the message (default: a new UUID4).
+            db: send through the outbox, in this connection's open transaction: a DB-API
+                connection of sqlite3, psycopg 3, PyMySQL or mysqlclient, or a SQLAlchemy
+                ``Connection`` or ``Session``. The task runs (at least once) if that
+                transaction commits, never if it rolls back. A relay publishes it.
+            unique_key: while a job sent with this key is queued, scheduled, running or
+                retrying, a send with the same key enqueues nothing and returns that
+                job's id. The job store enforces it (a unique index, written in the
+                sending transaction: ``db``'s, else one of the app's own). Needs a job
+                store; at most 255 characters.
+
+        Raises:
+            TypeError: ``db`` is not a connection of a supported kind.
+            ConfigurationError: an empty or over-long ``unique_key`` or ``task_id``.
         """
         if queue is not None:
             check_queue_name(queue)
-        return BoundTask(self, SendOptions(queue, _delay_from(delay, eta), task_id))
+        if task_id is not None and (not 0 < len(task_id.encode("utf-8", "surrogateescape"))
+                                    <= MAX_TASK_ID_BYTES or storable(task_id) != task_id):
+            raise ConfigurationError(f"task_id must be 1 to {MAX_TASK_ID_BYTES} bytes of text "
+                                     "(UTF-8, no NUL)")
+        if db is not None:
+            from taskwarren.store.outbox import check_db
+
+            check_db(db)  # an unsupported kind fails here, before any call is made
+        if unique_key is not None and not 0 < len(unique_key) <= 255:
+            raise ConfigurationError("unique_key must be 1 to 255 characters")
+        return BoundTask(self, SendOptions(queue, _delay_from(delay, eta), task_id, db,
+                                           unique_key))
 
     def send(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """Validate the call, publish it persistently and return its task id.
@@ -256,6 +267,27 @@ class Task(Generic[P, R]):
         return {name: getattr(validated, name) for name in self._fields}
 
 
+def _check_not_async(fn: Callable[..., Any], name: str) -> None:
+    """Refuse coroutine and async generator functions (and objects with such a ``__call__``).
+
+    A worker calls a task and acks it when the call returns; an ``async def`` returns a
+    coroutine at once, which nothing would ever await: the work would be acked undone.
+    """
+    target: Any = fn
+    while isinstance(target, functools.partial):
+        target = target.func
+    candidates = [target]
+    if not inspect.isfunction(target) and not inspect.ismethod(target):
+        candidates.append(type(target).__call__)
+    for candidate in candidates:
+        if inspect.iscoroutinefunction(candidate) or inspect.isasyncgenfunction(candidate):
+            raise ConfigurationError(
+                f"task {name!r} is async: async tasks are not supported yet (nothing would "
+                "await the coroutine, and the message would be acked without running); "
+                "register a plain function, e.g. one that calls asyncio.run(...)"
+            )
+
+
 def _check_subscriber(name: str, signature: inspect.Signature) -> None:
     params = list(signature.parameters.values())
     if not params or any(p.default is inspect.Parameter.empty for p in params[1:]):
@@ -277,11 +309,14 @@ class BoundTask(Generic[P, R]):
         self.task = task
         self.send_options = options
 
-    def _envelope(self, body: bytes, task_id: str | None) -> Envelope:
-        opts = self.send_options
-        queue = opts.queue or self.task.queue
-        eta = datetime.now(UTC) + timedelta(seconds=opts.delay_s) if opts.delay_s > 0 else None
-        return encode(self.task.name, queue, body, task_id=task_id, eta=eta)
+    def _eta(self) -> datetime | None:
+        delay_s = self.send_options.delay_s
+        return datetime.now(UTC) + timedelta(seconds=delay_s) if delay_s > 0 else None
+
+    def _envelope(self, body: bytes, task_id: str | None,
+                  eta: datetime | None = None) -> Envelope:
+        queue = self.send_options.queue or self.task.queue
+        return encode(self.task.name, queue, body, task_id=task_id, eta=eta or self._eta())
 
     def send(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """Validate, publish and confirm one call; returns its task id.
@@ -291,55 +326,49 @@ class BoundTask(Generic[P, R]):
         return self._send_body(self.task.encode_call(args, kwargs), self.send_options.task_id)
 
     def _send_body(self, body: bytes, task_id: str | None) -> str:
-        self.task.app.check_size(body)
         envelope = self._envelope(body, task_id)
         if not self.task.task_options.broadcast:
-            self.task.app.publish(envelope.queue, [envelope], self.send_options.delay_s)
+            holder = self.task.app.enqueue(envelope.queue, [envelope],
+                                           delay_s=self.send_options.delay_s,
+                                           db=self.send_options.db,
+                                           unique_key=self.send_options.unique_key)
+            if holder is not None:
+                return holder
+        elif self.send_options.db is not None:
+            raise ConfigurationError(f"task {self.task.name!r} is a broadcast: it reaches the "
+                                     "processes alive when it is sent, so it cannot wait in "
+                                     "the outbox (db=)")
+        elif self.send_options.unique_key is not None:
+            raise ConfigurationError(f"task {self.task.name!r} is a broadcast: it is not a "
+                                     "job of the store, so it takes no unique_key")
         elif self.send_options.delay_s > 0:
             raise ConfigurationError(
                 f"task {self.task.name!r} is a broadcast: it cannot be delayed (a delayed "
                 "copy could only reach the processes alive when it was sent)"
             )
         else:
-            self.task.app.publish_broadcast(envelope)
+            self.task.app.broadcast(envelope)
         return envelope.message_id
 
     def send_many(self, calls: Iterable[Mapping[str, Any]]) -> list[str]:
         """Validate every call, then publish them all with pipelined confirms."""
         if self.send_options.task_id is not None:
             raise ConfigurationError("task_id cannot be shared by many calls")
+        if self.send_options.unique_key is not None:
+            raise ConfigurationError("unique_key cannot be shared by many calls")
+        bodies = [self.task.encode_call((), kwargs) for kwargs in calls]
+        if self.task.task_options.broadcast and self.send_options.db is not None:
+            raise ConfigurationError(f"task {self.task.name!r} is a broadcast: it reaches the "
+                                     "processes alive when it is sent, so it cannot wait in "
+                                     "the outbox (db=)")
         if self.task.task_options.broadcast:
-            bodies = [self.task.encode_call((), kwargs) for kwargs in calls]
             return [self._send_body(body, None) for body in bodies]
-        envelopes = []
-        for kwargs in calls:
-            body = self.task.encode_call((), kwargs)
-            self.task.app.check_size(body)
-            envelopes.append(self._envelope(body, None))
+        eta = self._eta()  # one for all: the outbox relay publishes them together
+        envelopes = [self._envelope(body, None, eta) for body in bodies]
         if envelopes:
-            self.task.app.publish(envelopes[0].queue, envelopes, self.send_options.delay_s)
+            self.task.app.enqueue(envelopes[0].queue, envelopes,
+                                  delay_s=self.send_options.delay_s, db=self.send_options.db)
         return [e.message_id for e in envelopes]
-
-
-def task_options(base: TaskOptions, **changes: Any) -> TaskOptions:
-    """``base`` with ``changes`` applied and checked."""
-    opts = replace(base, **changes)
-    check_queue_name(opts.queue)
-    if opts.retries < 0:
-        raise ConfigurationError("retries must be >= 0")
-    for limit in (opts.time_limit_s, opts.soft_time_limit_s):
-        if limit is not None and limit <= 0:
-            raise ConfigurationError("time limits must be positive")
-    for pattern in opts.subscribe:
-        check_pattern(pattern)
-    if opts.broadcast and opts.subscribe:
-        raise ConfigurationError("a task is either a broadcast or an event subscriber")
-    if opts.broadcast and opts.retries:
-        raise ConfigurationError(
-            "a broadcast runs at most once per process and cannot be retried: its retry "
-            "would have to come back to that one process; use retries=0"
-        )
-    return opts
 
 
 def json_dumps(value: Any) -> bytes:

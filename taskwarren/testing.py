@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 
 from taskwarren.app import Warren
-from taskwarren.brokers.base import Republish
+from taskwarren.brokers.base import Republish, settlement
 from taskwarren.brokers.memory import MemoryBroker
 from taskwarren.errors import ConfigurationError
 from taskwarren.worker.execute import Executor, Result
@@ -48,7 +48,7 @@ def join(
     names = list(queues) if queues is not None else app.queues()
     app.declare(names)
     app.bind_subscriptions(names)  # as a worker does when it starts
-    executor = Executor(app.tasks, app.settings.max_message_bytes)
+    executor = Executor(app.tasks, app.settings.max_message_bytes, app.middleware)
     consumer = broker.consumer()
     for name in names:
         consumer.consume(name, 100)
@@ -70,8 +70,24 @@ def join(
                 consumer.settle(delivery, result.action)
                 results.append(result)
                 if fail_on_error and result.error is not None:
-                    retrying = isinstance(result.action, Republish) and not result.action.dead
+                    action = settlement(result.action)
+                    retrying = isinstance(action, Republish) and not action.dead
                     if not retrying or not run_delayed:
                         raise result.error
     finally:
         consumer.close()
+
+
+def project(app: Warren) -> int:
+    """Apply the job events waiting on the in-memory broker to ``app``'s job store, as the
+    worker's projector would; returns how many were applied."""
+    from taskwarren.store.database import open_store
+    from taskwarren.store.job_table import JobTable
+    from taskwarren.store.projector import Projector
+
+    url = app.settings.effective_store_url
+    if url is None:
+        raise ConfigurationError("project() needs a job store (store_url=...)")
+    projector = Projector(app.broker, lambda: JobTable(open_store(url)), 0,
+                          app.settings.jobs_events_queue)
+    return projector.drain()

@@ -158,14 +158,29 @@ def level_ttl_ms(level: int) -> int:
     return 1000 << level
 
 
-def dead_queue_arguments(queue_type: str) -> dict[str, Any]:
+#: Delivery limit of a quorum dead-letter queue: browsing hands every dead letter back,
+#: which counts as a delivery; this many browses take centuries (RabbitMQ 4.x applies a
+#: default of 20 when none is set; ``-1``, "unlimited" on 4.x, drops at once on 3.x).
+DEAD_DELIVERY_LIMIT = 2**31 - 1
+
+
+def dead_queue_arguments(queue_type: str, legacy: bool = False) -> dict[str, Any]:
     """Arguments of a dead-letter queue: the type of its main queue.
 
     A classic queue lives on one node: in a cluster, with that node down, declaring it
     fails and nothing could be dead-lettered. Quorum dead-letter queues are replicated
-    like the queue they serve.
+    like the queue they serve, and carry an explicit, practically unreachable delivery
+    limit (they have no dead-letter exchange of their own).
+
+    Args:
+        queue_type: ``quorum`` or ``classic``.
+        legacy: the arguments earlier versions declared (no delivery limit); such a
+            queue is still used, and browsing refreshes its dead letters instead.
     """
-    return {"x-queue-type": queue_type}
+    args: dict[str, Any] = {"x-queue-type": queue_type}
+    if queue_type == "quorum" and not legacy:
+        args["x-delivery-limit"] = DEAD_DELIVERY_LIMIT
+    return args
 
 
 def queue_arguments(

@@ -1,16 +1,48 @@
-"""The broker contract: declare, publish (confirmed), consume, settle, inspect, close.
+"""The broker contract: the data path every broker has, and nothing more.
 
 A broker moves :class:`~taskwarren.message.Envelope` objects between named queues.
 Every queue ``Q`` has a dead-letter queue ``Q.dead``; every broker can hold a message
 back for a delay without any process keeping it in memory. Brokers map their
-library's errors to :mod:`taskwarren.errors` at this edge.
+library's errors to :mod:`taskwarren.errors` at this edge, once.
 
-Events (a topic exchange), broadcasts (a fanout exchange) and topology inspection are
-optional: their default implementations raise :class:`NotSupportedError`.
+The contract::
+
+    Broker                            Consumer (one per worker process)
+      location  (for logs, masked)      consume(queue, prefetch)   start delivery
+      declare(queues)                   poll(timeout_s)            deliveries that arrived
+      publish(queue, envelopes)         settle(delivery, action)   Ack | Requeue | Republish | Also
+      consumer()                        wakeup()                   end a blocked poll
+      close()                           pending()                  settlements not yet done
+                                        is_stale(delivery)         its link is gone
+                                        cancel()                   stop new deliveries
+                                        close()
+
+The executor decides what becomes of a :class:`Delivery` (an :data:`Action`); the
+consumer carries it out: a :class:`Republish` (and what an :class:`Also` publishes) is
+confirmed before the delivery is removed, so a message is always held durably somewhere.
+
+Everything else a broker may or may not do is a capability protocol in
+:mod:`taskwarren.brokers.capabilities`, asked for with
+:func:`~taskwarren.brokers.capabilities.require` (which raises
+:class:`~taskwarren.errors.NotSupportedError` naming the broker and the feature):
+
+=====================  ==============================================  ======  ======  ========
+capability             methods                                         memory  sqlite  rabbitmq
+=====================  ==============================================  ======  ======  ========
+``Admin``              stats, purge, dead_letters, replay/purge_dead   yes     yes     yes
+``Events``             bind_events, publish_event                      yes     yes     yes
+``Broadcasts``         publish_broadcast                               yes     yes     yes
+``Presence``           presence                                        yes     yes     yes
+``Topology``           check_topology, apply_topology                  no      no      yes
+``EventConsumer``      (consumer) subscribe                            yes     yes     yes
+``BroadcastConsumer``  (consumer) consume_broadcast                    yes     yes     yes
+``Announcer``          (consumer) announce                             yes     yes     yes
+=====================  ==============================================  ======  ======  ========
 
 Threading: a :class:`Broker` is safe to share between threads (publishing from many
 web request threads at once). A :class:`Consumer` belongs to one I/O thread, except
-:meth:`Consumer.settle` and :meth:`Consumer.wakeup`, which any thread may call.
+:meth:`Consumer.settle`, :meth:`Consumer.wakeup` and :meth:`Consumer.is_stale`, which
+any thread may call.
 """
 
 from __future__ import annotations
@@ -18,11 +50,8 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from taskwarren.errors import NotSupportedError
 from taskwarren.message import Envelope
-from taskwarren.topology import TopologyItem
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +104,29 @@ class Republish:
     dead: bool = False
 
 
-Action = Ack | Requeue | Republish
+@dataclass(frozen=True, slots=True)
+class Also:
+    """Publish ``publishes`` (confirmed), then settle the delivery as ``action``.
+
+    What a middleware records of a delivery (a job's lifecycle event) is held durably
+    before the delivery is removed, without the executor waiting for the confirm. If
+    the broker refuses one, the delivery goes back to its queue.
+
+    Attributes:
+        action: the settlement once they are confirmed.
+        publishes: ``(queue, envelope)`` pairs, each to a declared queue.
+    """
+
+    action: Ack | Republish
+    publishes: tuple[tuple[str, Envelope], ...]
+
+
+Action = Ack | Requeue | Republish | Also
+
+
+def settlement(action: Action) -> Ack | Requeue | Republish:
+    """The settlement ``action`` stands for, past what it publishes first."""
+    return action.action if isinstance(action, Also) else action
 
 ACK = Ack()
 REQUEUE = Requeue()
@@ -141,6 +192,14 @@ class Consumer(abc.ABC):
     def pending(self) -> int:
         """Settlements queued or awaiting a confirm."""
 
+    def is_stale(self, delivery: Delivery) -> bool:
+        """Whether ``delivery`` came over a link that is gone. Thread-safe.
+
+        The broker has taken such a delivery back and hands it out again: running it
+        would run the message twice. Brokers without links never have stale ones.
+        """
+        return False
+
     @abc.abstractmethod
     def cancel(self) -> None:
         """Stop new deliveries; settling the ones already received still works."""
@@ -148,38 +207,6 @@ class Consumer(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Close; unsettled deliveries go back to their queues."""
-
-    def subscribe(self, queue: str, patterns: Sequence[str]) -> None:
-        """Bind ``queue`` to the events matching ``patterns`` (durable topic bindings).
-
-        Done on connect and again after every reconnect, with the queue declared.
-
-        Raises:
-            NotSupportedError: this broker has no events.
-        """
-        raise NotSupportedError(f"events are not supported by the {type(self).__name__}")
-
-    def consume_broadcast(self, prefetch: int) -> None:
-        """Receive broadcasts: a queue of this consumer's own, bound to the fanout.
-
-        The queue lives as long as the connection (exclusive, auto-delete): a broadcast
-        sent while no queue of this consumer exists is never seen here. Its deliveries
-        carry ``queue=BROADCAST_EXCHANGE``.
-
-        Raises:
-            NotSupportedError: this broker has no broadcasts.
-        """
-        raise NotSupportedError(f"broadcasts are not supported by the {type(self).__name__}")
-
-    def announce(self, info: dict[str, Any]) -> None:
-        """Tell whoever is listening that this worker process is alive (``info``: JSON).
-
-        Called about once a second; costs next to nothing when nobody listens.
-
-        Raises:
-            NotSupportedError: this broker cannot carry presence.
-        """
-        raise NotSupportedError(f"presence is not supported by the {type(self).__name__}")
 
 
 class Broker(abc.ABC):
@@ -205,95 +232,5 @@ class Broker(abc.ABC):
         """A new consumer with its own connection."""
 
     @abc.abstractmethod
-    def stats(self, queue: str) -> QueueStats:
-        """Counts of what ``queue`` holds."""
-
-    @abc.abstractmethod
-    def purge(self, queue: str) -> int:
-        """Remove every ready message of ``queue``; returns how many."""
-
-    @abc.abstractmethod
-    def dead_letters(self, queue: str) -> list[Envelope]:
-        """Every message in ``queue``'s dead-letter queue, leaving them there."""
-
-    @abc.abstractmethod
-    def replay_dead(self, queue: str, message_ids: Sequence[str] | None) -> int:
-        """Move dead letters (all, or those ids) back to ``queue``; returns how many.
-
-        Each copy is published clean with its attempt reset and confirmed before the
-        dead letter is removed: an interruption can leave a message in both places,
-        never in neither.
-        """
-
-    @abc.abstractmethod
-    def purge_dead(self, queue: str, message_ids: Sequence[str] | None) -> int:
-        """Delete dead letters (all, or those ids); returns how many."""
-
-    @abc.abstractmethod
     def close(self) -> None:
         """Release connections."""
-
-    def bind_events(self, queue: str, patterns: Sequence[str]) -> None:
-        """Declare ``queue`` and bind it to the events matching ``patterns`` (durably).
-
-        Raises:
-            NotSupportedError: this broker has no events.
-        """
-        raise NotSupportedError(f"events are not supported by the {type(self).__name__}")
-
-    def publish_event(self, routing_key: str, envelope: Envelope) -> int | None:
-        """Publish an event (confirmed) to every queue whose subscription matches.
-
-        Returns:
-            How many queues it reached: ``0`` when none is bound (the broker returned
-            it), ``None`` when it reached at least one but the broker does not say
-            how many.
-
-        Raises:
-            PublishError: it was not confirmed.
-            NotSupportedError: this broker has no events.
-        """
-        raise NotSupportedError(f"events are not supported by the {type(self).__name__}")
-
-    def publish_broadcast(self, envelope: Envelope) -> int | None:
-        """Publish a broadcast (confirmed) to every worker process alive now.
-
-        Returns:
-            How many processes' queues it reached, as :meth:`publish_event`.
-
-        Raises:
-            PublishError: it was not confirmed.
-            NotSupportedError: this broker has no broadcasts.
-        """
-        raise NotSupportedError(f"broadcasts are not supported by the {type(self).__name__}")
-
-    def presence(self, listen_s: float) -> list[dict[str, Any]]:
-        """What live worker processes announced during the next ``listen_s`` seconds.
-
-        Raises:
-            NotSupportedError: this broker cannot carry presence.
-        """
-        raise NotSupportedError(f"presence is not supported by the {type(self).__name__}")
-
-    def check_topology(self, items: Sequence[TopologyItem]) -> list[str]:
-        """What the broker has of each item, changing nothing: ``ok``, ``missing``,
-        ``differs: <why>`` or ``unknown: <why>``, in order.
-
-        Raises:
-            NotSupportedError: this broker cannot be inspected.
-        """
-        raise NotSupportedError(
-            f"topology inspection is not supported by the {type(self).__name__}")
-
-    def apply_topology(self, items: Sequence[TopologyItem]) -> list[str]:
-        """Create what is missing of ``items``; never delete or redeclare what differs.
-
-        Returns:
-            Per item: ``ok`` (was there), ``created``, ``differs: <why>`` (left alone),
-            or ``skipped: <why>``.
-
-        Raises:
-            NotSupportedError: this broker cannot be changed this way.
-        """
-        raise NotSupportedError(
-            f"topology changes are not supported by the {type(self).__name__}")

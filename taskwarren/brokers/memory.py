@@ -11,9 +11,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from taskwarren.brokers._local import Holdings, check_delay, dead_past_limit, hold_s, subscribers
 from taskwarren.brokers.base import (
     Ack,
     Action,
+    Also,
     Broker,
     Consumer,
     Delivery,
@@ -21,8 +23,7 @@ from taskwarren.brokers.base import (
     Republish,
     Requeue,
 )
-from taskwarren.message import Envelope, failure_headers, revived
-from taskwarren.topology import BROADCAST_EXCHANGE, delay_seconds, topic_matches
+from taskwarren.message import Envelope, revived
 
 
 @dataclass
@@ -65,13 +66,14 @@ class MemoryBroker(Broker):
                 self._queue(name)
 
     def publish(self, queue: str, envelopes: Sequence[Envelope], delay_s: float = 0.0) -> None:
+        check_delay(delay_s)
         with self._cond:
             self._put(queue, envelopes, delay_s)
             self._cond.notify_all()
 
     def _put(self, queue: str, envelopes: Iterable[Envelope], delay_s: float) -> None:
         if delay_s > 0:
-            due = time.monotonic() + delay_seconds(delay_s)
+            due = time.monotonic() + hold_s(delay_s)
             for env in envelopes:
                 heapq.heappush(self._delayed, (due, next(self._seq), queue, env))
         else:
@@ -96,8 +98,8 @@ class MemoryBroker(Broker):
     def publish_event(self, routing_key: str, envelope: Envelope) -> int:
         """Put a copy in every queue with a matching subscription; returns how many."""
         with self._cond:
-            targets = [q for q, patterns in self._bindings.items()
-                       if any(topic_matches(p, routing_key) for p in patterns)]
+            bindings = ((q, p) for q, patterns in self._bindings.items() for p in patterns)
+            targets = subscribers(bindings, routing_key)
             for queue in targets:
                 self._queue(queue).ready.append((envelope, 0))
             self._cond.notify_all()
@@ -162,13 +164,10 @@ class MemoryConsumer(Consumer):
 
     def __init__(self, broker: MemoryBroker) -> None:
         self._broker = broker
-        self._prefetch: dict[str, int] = {}
-        self._held: dict[int, tuple[str, Envelope, int]] = {}
-        self._held_per_queue: dict[str, int] = {}
-        self._tags = itertools.count(1)
+        # What each held delivery is: its envelope and how often it was delivered before.
+        self._held: Holdings[tuple[Envelope, int]] = Holdings()
         self._woken = False
         self._closed = False
-        self._broadcast_queue = ""
 
     def subscribe(self, queue: str, patterns: Sequence[str]) -> None:
         self._broker.bind_events(queue, patterns)
@@ -180,19 +179,18 @@ class MemoryConsumer(Consumer):
 
     def consume_broadcast(self, prefetch: int) -> None:
         broker = self._broker
+        held = self._held
         with broker._cond:
-            if not self._broadcast_queue:
-                self._broadcast_queue = f"amq.gen-{next(broker._seq)}"
-                broker._broadcast_queues.add(self._broadcast_queue)
-            self._prefetch[self._broadcast_queue] = prefetch
-            self._held_per_queue.setdefault(self._broadcast_queue, 0)
+            if not held.broadcast_queue:
+                held.broadcast_queue = f"amq.gen-{next(broker._seq)}"
+                broker._broadcast_queues.add(held.broadcast_queue)
+            held.prefetch[held.broadcast_queue] = prefetch
 
     def consume(self, queue: str, prefetch: int, timeout_s: float | None = None) -> None:
         with self._broker._cond:
-            if queue not in self._prefetch:
+            if queue not in self._held.prefetch:
                 self._broker._queue(queue).consumers += 1
-            self._prefetch[queue] = prefetch
-            self._held_per_queue.setdefault(queue, 0)
+            self._held.prefetch[queue] = prefetch
 
     def poll(self, timeout_s: float) -> list[Delivery]:
         broker = self._broker
@@ -211,33 +209,33 @@ class MemoryConsumer(Consumer):
 
     def _take(self) -> list[Delivery]:
         out = []
-        for queue, prefetch in self._prefetch.items():
+        limit = self._broker.delivery_limit
+        for queue, room in self._held.room().items():
             q = self._broker._queue(queue)
-            while q.ready and self._held_per_queue[queue] < prefetch:
+            while q.ready and room > 0:
                 env, count = q.ready.popleft()
-                if count > self._broker.delivery_limit:
-                    reason = f"delivery limit of {self._broker.delivery_limit} exceeded"
-                    q.dead.append(env.with_headers(
-                        failure_headers("DeliveryLimitExceeded", reason, reason=reason)))
+                dead = dead_past_limit(env, queue, count, limit)
+                if dead is not None:
+                    q.dead.append(dead)
                     continue
-                tag = next(self._tags)
-                self._held[tag] = (queue, env, count)
-                self._held_per_queue[queue] += 1
+                out.append(self._held.deliver(queue, env, count, (env, count)))
                 q.unacked += 1
-                shown = BROADCAST_EXCHANGE if queue == self._broadcast_queue else queue
-                out.append(Delivery(env, shown, tag, count > 0, count))
+                room -= 1
         return out
 
     def settle(self, delivery: Delivery, action: Action) -> None:
         broker = self._broker
         with broker._cond:
-            held = self._held.pop(delivery.tag, None)
+            held = self._held.pop(delivery.tag)
             if held is None:
                 return
-            queue, env, count = held
-            self._held_per_queue[queue] -= 1
+            queue, (env, count) = held
             q = broker._queue(queue)
             q.unacked -= 1
+            if isinstance(action, Also):
+                for target, envelope in action.publishes:
+                    broker._put(target, [envelope], 0.0)
+                action = action.action
             if isinstance(action, Requeue):
                 q.ready.appendleft((env, count + 1))
             elif isinstance(action, Republish):
@@ -260,23 +258,23 @@ class MemoryConsumer(Consumer):
 
     def cancel(self) -> None:
         with self._broker._cond:
-            for queue in self._prefetch:
-                if queue != self._broadcast_queue:
+            for queue in self._held.prefetch:
+                if queue != self._held.broadcast_queue:
                     self._broker._queue(queue).consumers -= 1
-            self._prefetch.clear()
+            self._held.prefetch.clear()
 
     def close(self) -> None:
         broker = self._broker
         with broker._cond:
             self.cancel()
-            for tag in sorted(self._held, reverse=True):
-                queue, env, count = self._held.pop(tag)
+            for queue, (env, count) in self._held.pop_all():
                 q = broker._queue(queue)
                 q.unacked -= 1
                 q.ready.appendleft((env, count + 1))
-            if self._broadcast_queue:  # exclusive and auto-delete: gone with its consumer
-                broker._broadcast_queues.discard(self._broadcast_queue)
-                broker._queues.pop(self._broadcast_queue, None)
+            broadcast_queue = self._held.broadcast_queue
+            if broadcast_queue:  # exclusive and auto-delete: gone with its consumer
+                broker._broadcast_queues.discard(broadcast_queue)
+                broker._queues.pop(broadcast_queue, None)
             self._closed = True
             broker._presence.pop(id(self), None)
             broker._cond.notify_all()

@@ -12,7 +12,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram
 
 from taskwarren.app import Warren
-from taskwarren.middleware import Middleware
+from taskwarren.middleware.base import UNKNOWN_TASK, Middleware, TaskRun
 
 #: Histogram buckets for task durations, in seconds (microsecond tasks to hours).
 DURATION_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300, 1800, 7200)
@@ -39,17 +39,25 @@ CHILD_RESTARTS = Counter("taskwarren_child_restarts", "Worker children replaced.
 class PrometheusMetrics(Middleware):
     """Counts tasks, durations, retries, dead letters, redeliveries and restarts.
 
+    Only the names of registered tasks become ``task`` labels; any other name counts as
+    :data:`~taskwarren.middleware.UNKNOWN_TASK`.
+
+    Registered on an app (``app.add_middleware(PrometheusMetrics(app))``), it also times
+    the confirms of what that app sends (in worker children): events under the ``queue``
+    label ``taskwarren.events`` and broadcasts under ``taskwarren.broadcasts``, never
+    under their routing keys, which may carry ids.
+
     Args:
-        app: also time the confirms of what this app's tasks send (in worker children).
+        app: take the task labels from its registry.
     """
 
     def __init__(self, app: Warren | None = None) -> None:
         self._children: dict[tuple[str, ...], Any] = {}
-        if app is not None:
-            app.publish_observers.append(self._published)
+        self._tasks = app.tasks if app is not None else None
 
-    def _published(self, queue: str, messages: int, seconds: float) -> None:
-        self._child(PUBLISH_CONFIRM, queue).observe(seconds)
+    def after_publish(self, queue: str, count: int, duration_s: float) -> None:
+        """Time the confirm of a batch."""
+        self._child(PUBLISH_CONFIRM, queue).observe(duration_s)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (metric._name, *labels)
@@ -58,25 +66,30 @@ class PrometheusMetrics(Middleware):
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def before_process(self, queue: str, task: str) -> None:
-        self._child(IN_FLIGHT, queue).inc()
+    def before_process(self, run: TaskRun) -> None:
+        """Count the run in flight."""
+        self._child(IN_FLIGHT, run.queue).inc()
 
-    def after_process(
-        self, queue: str, task: str, outcome: str, duration_s: float, redelivered: bool
-    ) -> None:
+    def after_process(self, run: TaskRun) -> None:
+        """Count its outcome, duration, retry or dead letter, and redelivery."""
+        queue, task, outcome = run.queue, run.task_name, run.outcome
         self._child(IN_FLIGHT, queue).dec()
+        if self._tasks is not None and task not in self._tasks:
+            task = UNKNOWN_TASK
         self._child(TASKS, task, queue, outcome).inc()
-        if duration_s:
-            self._child(DURATION, task, queue).observe(duration_s)
+        if run.duration_s:
+            self._child(DURATION, task, queue).observe(run.duration_s)
         if outcome == "retried":
             self._child(RETRIES, task, queue).inc()
         elif outcome in ("dead_lettered", "rejected"):
             self._child(DEAD, task, queue).inc()
-        if redelivered:
+        if run.redelivered:
             self._child(REDELIVERIES, queue).inc()
 
     def reconnected(self) -> None:
+        """Count a reconnection."""
         RECONNECTS.inc()
 
     def child_restarted(self) -> None:
+        """Count a replaced child."""
         CHILD_RESTARTS.inc()

@@ -13,35 +13,32 @@ that outlives the process).
 
 from __future__ import annotations
 
+import inspect
 import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from structlog.contextvars import bind_contextvars, reset_contextvars
 
-from taskwarren.brokers.base import ACK, Action, Delivery, Republish
+from taskwarren.brokers.base import ACK, Ack, Action, Also, Delivery, Republish
 from taskwarren.errors import (
     ArgumentsError,
-    ConfigurationError,
     MessageError,
-    Retry,
+    SoftTimeLimitExceeded,
     UnknownTaskError,
 )
-from taskwarren.message import (
-    H_ATTEMPT,
-    H_ETA,
-    H_QUEUE,
-    H_TASK,
-    HeaderValue,
-    check_envelope,
-    failure_headers,
-)
+from taskwarren.logs import debug_enabled
+from taskwarren.message import MAX_ECHO_CHARS, check_envelope, clip
+from taskwarren.middleware import UNKNOWN_TASK, Chain, Decision, TaskRun, default_middleware
+from taskwarren.middleware.base import describe
+from taskwarren.middleware.retries import dead_letter, delay_problem, failure_action, retry
 from taskwarren.task import Task
-from taskwarren.topology import BROADCAST_EXCHANGE, check_queue_name, topic_matches
+from taskwarren.topology import topic_matches
+
+__all__ = ["Executor", "Result", "dead_letter", "delay_problem", "describe", "failure_action",
+           "retry", "with_records"]
 
 log = structlog.get_logger("taskwarren.worker")
 
@@ -65,71 +62,37 @@ class Result:
     error: BaseException | None = None
 
 
-def dead_letter(delivery: Delivery, error_type: str, error: str, tb: str = "",
-                reason: str = "", task: Task[Any, Any] | None = None) -> Action:
-    """The action that moves ``delivery`` to its queue's dead-letter queue.
-
-    ``task``, when known, is recorded (an event copy names none until resolved). A
-    broadcast goes to the dead-letter queue of the queue its envelope names; one that
-    names no valid queue is only logged (acked).
-    """
-    headers = failure_headers(error_type, error, tb, reason)
-    if task is not None:
-        headers[H_TASK] = task.name
-    queue = delivery.queue
-    if queue == BROADCAST_EXCHANGE:
-        queue = task.queue if task is not None else delivery.envelope.queue
-        try:
-            check_queue_name(queue)
-        except ConfigurationError:
-            log.error("broadcast.dropped", task=delivery.envelope.task, error=error,
-                      task_id=delivery.envelope.message_id)
-            return ACK
-    return Republish(queue, delivery.envelope.with_headers(headers), dead=True)
-
-
-def retry(delivery: Delivery, task: Task[Any, Any], delay_s: float) -> Republish:
-    """The action that publishes attempt + 1 of ``delivery`` through the delay path.
-
-    The copy names its task and queue, so an event copy's retry stays with its subscriber.
-    """
-    attempt = delivery.envelope.attempt + 1
-    eta = datetime.now(UTC) + timedelta(seconds=delay_s)
-    updates: dict[str, HeaderValue] = {H_ATTEMPT: attempt, H_ETA: eta.isoformat(),
-                                       H_TASK: task.name, H_QUEUE: delivery.queue}
-    return Republish(delivery.queue, delivery.envelope.with_headers(updates), delay_s=delay_s)
-
-
-def failure_action(
-    delivery: Delivery, task: Task[Any, Any], exc: BaseException, tb: str
-) -> tuple[Action, str]:
-    """Retry or dead-letter a call that raised ``exc``."""
-    opts = task.task_options
-    attempt = delivery.envelope.attempt
-    if isinstance(exc, Retry):
-        if attempt < opts.retries:
-            delay = exc.delay_s if exc.delay_s is not None else opts.backoff.delay_s(attempt + 1)
-            return retry(delivery, task, delay), "retried"
-        return dead_letter(delivery, "RetriesExhausted", f"Retry requested after attempt "
-                           f"{attempt} of {opts.retries}: {exc}", tb, task=task), "dead_lettered"
-    if opts.should_retry(exc, attempt):
-        return retry(delivery, task, opts.backoff.delay_s(attempt + 1)), "retried"
-    reason = "retries exhausted" if opts.retries and attempt >= opts.retries else "not retried"
-    return (dead_letter(delivery, type(exc).__name__, str(exc), tb, reason, task),
-            "dead_lettered")
-
-
 class Executor:
-    """Runs deliveries against a registry of tasks.
+    """Runs deliveries against a registry of tasks, through the middleware.
+
+    It decides (returns an :class:`Action`); the consumer acts on the decision.
 
     Args:
         tasks: registered tasks by name.
         max_message_bytes: larger bodies are dead-lettered unread.
+        middleware: the app's chain (default: :func:`default_middleware`).
     """
 
-    def __init__(self, tasks: Mapping[str, Task[Any, Any]], max_message_bytes: int) -> None:
+    def __init__(self, tasks: Mapping[str, Task[Any, Any]], max_message_bytes: int,
+                 middleware: Chain | None = None) -> None:
         self.tasks = tasks
         self.max_message_bytes = max_message_bytes
+        self.middleware = middleware if middleware is not None else Chain(default_middleware())
+
+    def label(self, name: str) -> str:
+        """``name`` if a task here has it, else :data:`UNKNOWN_TASK` (names are hostile)."""
+        return name if name in self.tasks else UNKNOWN_TASK
+
+    def failure(self, run: TaskRun, delivery: Delivery, tb: str) -> Decision:
+        """How to settle a failed call (``run.exception``): the middleware decide
+        (:class:`~taskwarren.middleware.retries.Retries`), else it is dead-lettered."""
+        decision = self.middleware.failure_action(run, delivery, tb)
+        if decision is not None:
+            return decision
+        exc = run.exception
+        error = describe(exc) if exc is not None else "failed"
+        name = type(exc).__name__ if exc is not None else "Error"
+        return dead_letter(delivery, name, error, tb, "not retried", run.task), "dead_lettered"
 
     def prepare(self, delivery: Delivery) -> tuple[Task[Any, Any], dict[str, Any]]:
         """Check and decode a delivery.
@@ -152,14 +115,16 @@ class Executor:
         if envelope.task:
             task = self.tasks.get(envelope.task)
             if task is None:
-                raise UnknownTaskError(f"no task named {envelope.task!r} is registered here")
+                raise UnknownTaskError(f"no task named {clip(envelope.task, MAX_ECHO_CHARS)!r} "
+                                       "is registered here")
             return task
         key = envelope.event
         found = [t for t in self.tasks.values() if t.queue == delivery.queue
                  and any(topic_matches(p, key) for p in t.subscriptions)]
         if len(found) != 1:
             names = ", ".join(t.name for t in found) or "none"
-            raise UnknownTaskError(f"event {key!r} on queue {delivery.queue!r} needs exactly "
+            raise UnknownTaskError(f"event {clip(key, MAX_ECHO_CHARS)!r} on queue "
+                                   f"{delivery.queue!r} needs exactly "
                                    f"one subscriber task here; found {names}")
         return found[0]
 
@@ -175,51 +140,124 @@ class Executor:
         return task.decode_call(delivery.envelope.body)
 
     def run(
-        self, delivery: Delivery, on_start: Callable[[Task[Any, Any]], None] | None = None
+        self,
+        delivery: Delivery,
+        on_start: Callable[[Task[Any, Any]], None] | None = None,
+        on_end: Callable[[], None] | None = None,
     ) -> Result:
-        """Run one delivery; never raises (except ``BaseException`` like SystemExit).
+        """Run one delivery through the middleware and decide its fate; never raises.
+
+        Whatever the task raises, ``BaseException`` such as ``SystemExit`` included, is
+        its failure: retried or dead-lettered by the middleware.
 
         Args:
             delivery: what to run.
-            on_start: called with the task just before its function runs.
+            on_start: worker plumbing, not an extension point: called with the task
+                just before its function runs (the child arms its time limits).
+            on_end: worker plumbing: called as soon as the function has returned or
+                raised (the child withdraws a pending soft time limit there).
         """
         envelope = delivery.envelope
-        # Bound for the task's duration: every log line the task itself writes with
-        # structlog carries them too.
-        tokens = bind_contextvars(task_id=envelope.message_id, task=envelope.task or None,
-                                  queue=delivery.queue, attempt=envelope.attempt)
+        run = TaskRun(UNKNOWN_TASK, clip(envelope.message_id, MAX_ECHO_CHARS),
+                      envelope.attempt, delivery.queue, delivery.redelivered,
+                      envelope=envelope)
+        problem: Exception | None = None
         try:
-            return self._run(delivery, on_start)
-        finally:
-            reset_contextvars(**tokens)
+            run.task = self.resolve(delivery)
+            run.task_name = run.task.name
+        except Exception as exc:  # rejected below, once the hooks know of the run
+            problem = exc
+        self.middleware.before_process(run)
+        try:
+            if problem is not None and not isinstance(problem, MessageError):
+                raise problem
+            reason = None
+            if problem is None and self.middleware.uses("skip"):
+                reason = self.middleware.skip(run, delivery)
+            if reason is not None:
+                log.info("task.skipped", task=run.task_name, task_id=run.task_id,
+                         reason=clip(reason))
+                result = Result(ACK, "skipped", task=run.task_name)
+            else:
+                result = self._run(delivery, run, problem, on_start, on_end)
+        except Exception as exc:
+            # A fault of ours (or of an exception's own __str__): the delivery is still
+            # settled, and kept.
+            log.exception("worker.executor_failed", error_type=type(exc).__name__)
+            error = f"the worker failed while running this message ({type(exc).__name__})"
+            result = Result(dead_letter(delivery, "WorkerError", error, reason=error),
+                            "dead_lettered", error=exc)
+        run.outcome, run.exception, run.duration_s = result.outcome, result.error, result.duration_s
+        if result.task:
+            run.task_name = self.label(result.task)
+        self.middleware.after_process(run)
+        result.action = with_records(result.action, run)
+        return result
 
     def _run(
-        self, delivery: Delivery, on_start: Callable[[Task[Any, Any]], None] | None
+        self,
+        delivery: Delivery,
+        run: TaskRun,
+        problem: Exception | None,
+        on_start: Callable[[Task[Any, Any]], None] | None,
+        on_end: Callable[[], None] | None,
     ) -> Result:
-        log.debug("task.received", redelivered=delivery.redelivered)
-        task: Task[Any, Any] | None = None
+        task = run.task
         try:
-            task = self.resolve(delivery)
+            if problem is not None:
+                raise problem
+            assert task is not None
             kwargs = self.decode(delivery, task)
         except (MessageError, ArgumentsError) as exc:
             name = task.name if task is not None else delivery.envelope.task
-            log.error("message.rejected", task=name, routing_key=delivery.envelope.event or None,
-                      error_type=type(exc).__name__, error=str(exc))
+            log.error("message.rejected", task=clip(name, MAX_ECHO_CHARS),
+                      routing_key=clip(delivery.envelope.event, MAX_ECHO_CHARS) or None,
+                      error_type=type(exc).__name__, error=clip(str(exc)))
             action = dead_letter(delivery, type(exc).__name__, str(exc), reason=str(exc),
                                  task=task)
             return Result(action, "rejected", task=name, error=exc)
-        if on_start is not None:
-            on_start(task)
-        log.debug("task.started", task=task.name)
+        if debug_enabled():
+            log.debug("task.started", task=task.name)
         started = time.perf_counter()
+        returned = False
         try:
-            task.fn(**kwargs)
-        except Exception as exc:
+            try:
+                if on_start is not None:
+                    on_start(task)  # inside: a soft limit may land from here on
+                value = task.fn(**kwargs)
+                returned = True
+            finally:
+                if on_end is not None:
+                    on_end()
+            _check_not_awaitable(value)
+        except BaseException as exc:
             duration = time.perf_counter() - started
-            action, outcome = failure_action(delivery, task, exc, traceback.format_exc())
-            log.warning(f"task.{outcome}", task=task.name, duration_s=round(duration, 6),
-                        error_type=type(exc).__name__, error=str(exc))
-            return Result(action, outcome, duration, task.name, exc)
+            if not (returned and isinstance(exc, SoftTimeLimitExceeded)):
+                run.exception = exc
+                run.traceback = traceback.format_exc()
+                action, outcome = self.failure(run, delivery, run.traceback)
+                if isinstance(action, Republish):
+                    run.delay_s = action.delay_s
+                return Result(action, outcome, duration, task.name, exc)
+            # The soft limit landed after the function had returned, before on_end
+            # withdrew it: the task is done.
+            log.info("task.soft_time_limit_after_return", task=task.name)
         duration = time.perf_counter() - started
-        log.debug("task.succeeded", task=task.name, duration_s=round(duration, 6))
         return Result(ACK, "succeeded", duration, task.name)
+
+
+def with_records(action: Action, run: TaskRun) -> Action:
+    """``action``, publishing what the middleware recorded of ``run`` first (:class:`Also`)."""
+    if run.also and isinstance(action, Ack | Republish):
+        return Also(action, tuple(run.also))
+    return action
+
+
+def _check_not_awaitable(value: object) -> None:
+    """Refuse a coroutine returned by a plain function: nothing here would await it."""
+    if inspect.isawaitable(value):
+        close = getattr(value, "close", None)
+        if callable(close):
+            close()  # no "never awaited" warning: we say so ourselves
+        raise TypeError("the task returned an awaitable; async tasks are not supported yet "
+                        "(the work it stands for never ran)")

@@ -8,7 +8,6 @@ flowing during long tasks, enforces time limits and adapts the prefetch.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import math
 import os
@@ -17,88 +16,47 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from types import FrameType
-from typing import Any
 
 import structlog
 
 from taskwarren.app import Warren
-from taskwarren.brokers.base import REQUEUE, Consumer, Delivery
+from taskwarren.brokers.base import REQUEUE, Consumer, Delivery, Republish
+from taskwarren.brokers.capabilities import Announcer, BroadcastConsumer, EventConsumer, require
 from taskwarren.errors import (
     NotSupportedError,
-    SoftTimeLimitExceeded,
     TaskwarrenError,
     TimeLimitExceeded,
 )
-from taskwarren.middleware import Chain, Middleware
-from taskwarren.task import Task
-from taskwarren.worker.execute import Executor, dead_letter, failure_action
+from taskwarren.message import MAX_ECHO_CHARS, clip
+from taskwarren.middleware import TaskRun
+from taskwarren.middleware.jobs import take_cancel_request
+from taskwarren.middleware.poison import poison_action
+from taskwarren.middleware.time_limit import consumer_timeout_s, warn_about_long_tasks
+from taskwarren.worker.execute import Executor, describe, with_records
+from taskwarren.worker.gate import Gate
+from taskwarren.worker.limits import Running
+from taskwarren.worker.prefetch import QueueState
 from taskwarren.worker.shared import Heartbeats, KillRecord, RunningSlots
+
+__all__ = ["EXIT_CRASHED", "EXIT_REPLACE", "STOP_SIGNALS", "WorkerChild", "consumer_timeout_s",
+           "warn_about_long_tasks"]
 
 log = structlog.get_logger("taskwarren.worker")
 
+#: Signals that stop the pool; the supervisor keeps them blocked across a fork.
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
 #: Exit code of a child that replaced itself (hard time limit): restart it, count no death.
 EXIT_REPLACE = 3
-#: Seconds of work each consumer keeps buffered when the prefetch adapts.
-PREFETCH_BUFFER_S = 0.05
-#: Largest adaptive prefetch: enough in flight for tasks that take microseconds.
-PREFETCH_MAX = 100
+#: Exit code of a child whose own code failed (its I/O thread raised): restart it, and
+#: charge the death to none of the tasks it was running (EX_SOFTWARE).
+EXIT_CRASHED = 70
 #: Longest the I/O thread sleeps without looking at heartbeats and time limits.
 POLL_MAX_S = 1.0
-#: Extra seconds a delivery may stay unacked beyond the longest hard time limit.
-CONSUMER_TIMEOUT_MARGIN_S = 60.0
 #: Seconds between two presence announcements of a child.
 ANNOUNCE_INTERVAL_S = 1.0
-#: Weight of the newest duration in the per-queue moving average.
-EWMA_ALPHA = 0.2
-
-
-@dataclass(slots=True)
-class _Run:
-    """What one executor thread is running."""
-
-    delivery: Delivery
-    thread_ident: int
-    task: Task[Any, Any] | None = None
-    soft_deadline: float = math.inf
-    hard_deadline: float = math.inf
-    soft_sent: bool = False
-    claimed: bool = False  # settled by the I/O thread after the hard limit
-
-
-@dataclass(slots=True)
-class _QueueState:
-    prefetch: int
-    avg_s: float | None = None
-
-
-def consumer_timeout_s(app: Warren) -> float | None:
-    """The per-consumer delivery timeout to ask for, if the broker's default is too short.
-
-    A task may run up to its hard time limit before its delivery is acked; the broker
-    must not give up on the delivery before that. ``None`` keeps the broker's setting.
-    """
-    limits = [t.task_options.time_limit_s for t in app.tasks.values()]
-    longest = max((limit for limit in limits if limit is not None), default=0.0)
-    wanted = longest + CONSUMER_TIMEOUT_MARGIN_S
-    return wanted if longest and wanted > app.settings.consumer_timeout_s else None
-
-
-def warn_about_long_tasks(app: Warren) -> None:
-    """Warn about tasks that may outlive the broker's consumer timeout."""
-    limit = app.settings.consumer_timeout_s
-    for task in app.tasks.values():
-        time_limit = task.task_options.time_limit_s
-        if time_limit is not None and time_limit + CONSUMER_TIMEOUT_MARGIN_S > limit:
-            log.warning(
-                "task.time_limit_above_consumer_timeout", task=task.name,
-                time_limit_s=time_limit, consumer_timeout_s=limit,
-                advice="taskwarren asks for a per-consumer x-consumer-timeout (RabbitMQ "
-                       "3.12+); on older brokers raise consumer_timeout in rabbitmq.conf "
-                       "and set TASKWARREN_CONSUMER_TIMEOUT_S to match",
-            )
 
 
 class WorkerChild:
@@ -113,9 +71,6 @@ class WorkerChild:
         slots: shared record of running messages.
         kills: shared record of messages that killed processes.
         grace_s: how long running tasks may finish after a stop signal.
-        on_signals_ready: called once this child's signal handlers are installed
-            (the supervisor unblocks stop signals there).
-        middleware: hooks around each task (metrics, for instance).
         heartbeats: where the I/O loop records that it is alive, for health checks.
     """
 
@@ -129,14 +84,12 @@ class WorkerChild:
         slots: RunningSlots,
         kills: KillRecord,
         grace_s: float,
-        on_signals_ready: Callable[[], object] | None = None,
-        middleware: Middleware | None = None,
         heartbeats: Heartbeats | None = None,
     ) -> None:
         self.app = app
-        self.middleware = middleware or Chain()
+        self.middleware = app.middleware
+        self._admits = app.middleware.uses("admit")
         self.heartbeats = heartbeats
-        self.on_signals_ready = on_signals_ready
         self.queues = list(queues)
         self.index = index
         self.threads = threads
@@ -144,15 +97,18 @@ class WorkerChild:
         self.slots = slots
         self.kills = kills
         self.grace_s = grace_s
-        self.executor = Executor(app.tasks, app.settings.max_message_bytes)
+        self.executor = Executor(app.tasks, app.settings.max_message_bytes, app.middleware)
         self._inbox: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
-        self._running: dict[int, _Run] = {}
+        self._running: dict[int, Running] = {}
         self._lock = threading.Lock()
         self._stopping = False
         self._replace = False
-        self._queues = {q: _QueueState(prefetch or threads) for q in self.queues}
+        self._broken = False  # an executor thread died: this child cannot run tasks
+        self._gate = Gate(self._leaving)
+        self._queues = {q: QueueState(prefetch or threads) for q in self.queues}
         self._consumer: Consumer | None = None
         self._next_announce = 0.0
+        self._announce_failing = False
         self._started_at = time.time()
         self._workers: list[threading.Thread] = []
 
@@ -172,8 +128,9 @@ class WorkerChild:
         """Consume until stopped; returns the process exit code."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor forwards SIGTERM
-        if self.on_signals_ready is not None:
-            self.on_signals_ready()
+        # The supervisor forked us with stop signals blocked, so that one sent before
+        # the handlers above existed waits for them instead of killing us.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         consumer = self._consumer = self.app.broker.consumer()
         timeout_s = consumer_timeout_s(self.app)
         self._listen(consumer)
@@ -186,10 +143,27 @@ class WorkerChild:
             self._workers.append(worker)
         log.info("worker.child_started", child=self.index, pid=os.getpid(), queues=self.queues)
         reconnects = 0
+        polled: list[Delivery] = []
         while not self._stopping and not self._replace:
-            for delivery in consumer.poll(self._timeout()):
+            if self._executors_lost():
+                # Healthy no more (no heartbeat from now on), and replaced: stop as a
+                # replaced child does, handing back what it holds.
+                log.error("worker.child_replacing", child=self.index,
+                          reason="an executor thread died")
+                self._replace = True
+                break
+            timeout_s = self._timeout()
+            # Handed over just before this thread blocks in poll: the executor it wakes
+            # finds the GIL free instead of waiting for it a second time.
+            for delivery in polled:
                 self._inbox.put(delivery)
-            if self.heartbeats is not None:
+            # Cancel requests (broadcasts: never from a task queue) are taken here, in the
+            # I/O thread, never behind a busy task.
+            polled = [d for d in consumer.poll(timeout_s)
+                      if d.queue in self._queues or not take_cancel_request(d, consumer)]
+            if polled and self._admits:
+                self.middleware.admit(polled)
+            if self.heartbeats is not None and not self._broken:
                 self.heartbeats.beat(self.index, time.monotonic())
             self._announce(consumer)
             lost = getattr(consumer, "reconnects", 0)
@@ -199,7 +173,12 @@ class WorkerChild:
             self._enforce_limits()
             if self.pinned_prefetch is None:
                 self._adapt_prefetch()
+        for delivery in polled:
+            self._inbox.put(delivery)  # the stopping executors hand them back
         return self._shutdown(consumer)
+
+    def _executors_lost(self) -> bool:
+        return self._broken or not all(w.is_alive() for w in self._workers)
 
     def _listen(self, consumer: Consumer) -> None:
         """Bind this child's event subscriptions and listen for broadcasts.
@@ -209,9 +188,10 @@ class WorkerChild:
         """
         try:
             for name, patterns in self.app.subscriptions(self.queues).items():
-                consumer.subscribe(name, patterns)  # durable bindings, made before consuming
+                # Durable bindings, made before consuming.
+                require(consumer, EventConsumer, "events").subscribe(name, patterns)
             if self.app.has_broadcasts():
-                consumer.consume_broadcast(self.threads)
+                require(consumer, BroadcastConsumer, "broadcasts").consume_broadcast(self.threads)
         except NotSupportedError as exc:
             if self.index == 0:
                 log.warning("worker.events_unsupported", error=str(exc),
@@ -229,18 +209,25 @@ class WorkerChild:
             "started_at": self._started_at, "threads": self.threads,
         }
         try:
-            consumer.announce(info)
+            require(consumer, Announcer, "presence").announce(info)
+        except NotSupportedError as exc:
+            log.info("worker.presence_unsupported", error=clip(str(exc), MAX_ECHO_CHARS))
+            self._next_announce = math.inf  # this broker never will: stop asking
         except TaskwarrenError as exc:
-            if self._next_announce != math.inf:
-                log.info("worker.presence_unsupported", error=str(exc))
-            self._next_announce = math.inf
+            # Transient (a lost link, a blocked broker): try again next interval, and say
+            # so once per outage rather than once a second.
+            if not self._announce_failing:
+                log.warning("worker.presence_failed", error=clip(str(exc), MAX_ECHO_CHARS),
+                            error_type=type(exc).__name__)
+            self._announce_failing = True
+        else:
+            self._announce_failing = False
 
     def _timeout(self) -> float:
         now = time.monotonic()
-        nearest = POLL_MAX_S
-        for run in list(self._running.values()):
-            nearest = min(nearest, run.soft_deadline - now, run.hard_deadline - now)
-        return max(0.0, nearest)
+        nearest = min([now + POLL_MAX_S, *(run.next_deadline()
+                                            for run in list(self._running.values()))])
+        return max(0.0, nearest - now)
 
     def _shutdown(self, consumer: Consumer) -> int:
         consumer.cancel()
@@ -267,9 +254,21 @@ class WorkerChild:
 
     def _work(self, thread_index: int) -> None:
         structlog.contextvars.bind_contextvars(worker_pid=os.getpid(), child=self.index)
+        try:
+            self._work_loop(thread_index)
+        except BaseException as exc:
+            # This thread can run nothing more: the I/O thread replaces the child (its
+            # connection closes, and the broker hands back whatever it still held).
+            self._broken = True
+            log.critical("worker.executor_lost", child=self.index, thread=thread_index,
+                         error_type=type(exc).__name__, error=clip(describe(exc)),
+                         exc_info=True)
+            if self._consumer is not None:
+                self._consumer.wakeup()
+
+    def _work_loop(self, thread_index: int) -> None:
         consumer = self._consumer
         assert consumer is not None
-        ident = threading.get_ident()
         inbox = self._inbox
         while True:
             delivery = inbox.get()
@@ -279,51 +278,84 @@ class WorkerChild:
                 consumer.settle(delivery, REQUEUE)  # prefetched, not started: hand it back
                 consumer.wakeup()
                 continue
-            if delivery.redelivered and self._is_poison(delivery):
+            if consumer.is_stale(delivery):
+                # Prefetched over a link that broke: the broker has handed it out again.
+                log.info("delivery.dropped_stale",
+                         task_id=clip(delivery.envelope.message_id, MAX_ECHO_CHARS))
                 continue
-            run = _Run(delivery, ident)
-            with self._lock:
-                self._running[ident] = run
-            self.slots.set(self.index, thread_index, delivery.envelope.message_id)
-            task_name = delivery.envelope.task
-            self.middleware.before_process(delivery.queue, task_name)
-            result = self.executor.run(delivery, functools.partial(self._started, run))
-            self.middleware.after_process(delivery.queue, task_name, result.outcome,
-                                          result.duration_s, delivery.redelivered)
-            self.slots.clear(self.index, thread_index)
-            with self._lock:
-                del self._running[ident]
-                if run.claimed:
-                    return  # the I/O thread settled it past the hard limit; we are abandoned
-            state = self._queues.get(delivery.queue)
-            if state is not None and result.duration_s:
-                state.avg_s = result.duration_s if state.avg_s is None else (
-                    EWMA_ALPHA * result.duration_s + (1 - EWMA_ALPHA) * state.avg_s)
-            consumer.settle(delivery, result.action)
+            if not self._process(consumer, delivery, thread_index):
+                return  # the I/O thread settled it past the hard limit; we are abandoned
             if inbox.empty():
                 consumer.wakeup()
 
-    def _started(self, run: _Run, task: Task[Any, Any]) -> None:
-        now = time.monotonic()
-        run.task = task
-        opts = task.task_options
-        if opts.soft_time_limit_s is not None:
-            run.soft_deadline = now + opts.soft_time_limit_s
-        if opts.time_limit_s is not None:
-            run.hard_deadline = now + opts.time_limit_s
+    def _process(self, consumer: Consumer, delivery: Delivery, thread_index: int) -> bool:
+        """Run and settle one delivery; False if the I/O thread has claimed it.
+
+        Nothing may leave a delivery this thread took unsettled: should anything escape
+        (a middleware raising SystemExit, say), the delivery is handed back first and the
+        error then ends the thread, which replaces the child.
+        """
+        settled = False
+        alone: bool | None = None  # once admitted: whether it runs alone
+        try:
+            if delivery.redelivered and self._is_poison(delivery):
+                settled = True  # dead-lettered
+                return True
+            wants_alone = (self.threads > 1 and delivery.redelivered
+                           and self.kills.suspected(delivery.envelope.message_id))
+            if not self._gate.admit(wants_alone):
+                settled = True  # stopping: hand it back unstarted
+                consumer.settle(delivery, REQUEUE)
+                consumer.wakeup()
+                return True
+            alone = wants_alone
+            run = Running(delivery, threading.get_ident())
+            with self._lock:
+                self._running[run.thread_ident] = run
+            self.slots.set(self.index, thread_index, delivery.envelope.message_id)
+            result = self.executor.run(delivery, run.arm,
+                                       functools.partial(run.disarm, self._lock))
+            self.slots.clear(self.index, thread_index)
+            with self._lock:
+                del self._running[run.thread_ident]
+                if run.claimed:
+                    settled = True
+                    return False
+            state = self._queues.get(delivery.queue)
+            if state is not None:
+                state.observe(result.duration_s)
+            settled = True
+            consumer.settle(delivery, result.action)
+            return True
+        finally:
+            if alone is not None:
+                self._gate.release(alone)
+            if not settled:
+                with self._lock:
+                    run_now = self._running.pop(threading.get_ident(), None)
+                if run_now is None or not run_now.claimed:
+                    self.slots.clear(self.index, thread_index)
+                    consumer.settle(delivery, REQUEUE)
+                    consumer.wakeup()
+
+    def _leaving(self) -> bool:
+        return self._stopping or self._replace or self._broken
 
     def _is_poison(self, delivery: Delivery) -> bool:
         """Dead-letter a message that has killed too many processes; True if it was."""
-        kills = self.kills.kills(delivery.envelope.message_id)
-        limit = self.app.settings.poison_kills
-        if kills < limit:
+        action = poison_action(delivery, self.kills.kills(delivery.envelope.message_id),
+                               self.app.settings.poison_kills)
+        if action is None:
             return False
-        reason = f"delivery limit: killed its worker process {kills} times (limit {limit})"
-        log.error("message.poison", task_id=delivery.envelope.message_id,
-                  task=delivery.envelope.task, kills=kills)
+        envelope, task = delivery.envelope, self.app.tasks.get(delivery.envelope.task)
+        if task is not None:  # told before it is settled (the job store records it dead)
+            told = TaskRun(task.name, clip(envelope.message_id, MAX_ECHO_CHARS),
+                           envelope.attempt, delivery.queue, delivery.redelivered, task=task,
+                           outcome="dead_lettered", envelope=envelope)
+            self.executor.middleware.after_process(told)
+            action = with_records(action, told)
         assert self._consumer is not None
-        self._consumer.settle(delivery, dead_letter(delivery, "PoisonMessage", reason,
-                                                    reason=reason))
+        self._consumer.settle(delivery, action)
         self._consumer.wakeup()
         return True
 
@@ -334,10 +366,7 @@ class WorkerChild:
         with self._lock:
             runs = list(self._running.values())
         for run in runs:
-            if now >= run.soft_deadline and not run.soft_sent:
-                run.soft_sent = True
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                    ctypes.c_ulong(run.thread_ident), ctypes.py_object(SoftTimeLimitExceeded))
+            run.send_soft_limit(self._lock, now)
             if now >= run.hard_deadline and run.task is not None:
                 with self._lock:
                     if run.claimed or run.thread_ident not in self._running:
@@ -345,21 +374,25 @@ class WorkerChild:
                     run.claimed = True
                 limit = run.task.task_options.time_limit_s
                 exc = TimeLimitExceeded(f"task ran past its hard time limit of {limit}s")
-                action, outcome = failure_action(run.delivery, run.task, exc, "")
+                envelope = run.delivery.envelope
+                failed = TaskRun(run.task.name, clip(envelope.message_id, MAX_ECHO_CHARS),
+                                 envelope.attempt, run.delivery.queue, task=run.task,
+                                 exception=exc, envelope=envelope, settled_early=True)
+                action, outcome = self.executor.failure(failed, run.delivery, "")
                 log.error("task.time_limit_exceeded", task=run.task.name, outcome=outcome,
-                          task_id=run.delivery.envelope.message_id, limit_s=limit)
+                          task_id=clip(envelope.message_id, MAX_ECHO_CHARS), limit_s=limit)
+                failed.outcome = outcome
+                failed.delay_s = action.delay_s if isinstance(action, Republish) else 0.0
+                self.executor.middleware.after_process(failed)  # before it is settled
                 assert self._consumer is not None
-                self._consumer.settle(run.delivery, action)
+                self._consumer.settle(run.delivery, with_records(action, failed))
                 self._replace = True  # a thread cannot be killed: replace the process
 
     def _adapt_prefetch(self) -> None:
         assert self._consumer is not None
         for name, state in self._queues.items():
-            if state.avg_s is None:
-                continue
-            wanted = math.ceil(self.threads * PREFETCH_BUFFER_S / max(state.avg_s, 1e-6))
-            wanted = max(self.threads, min(PREFETCH_MAX, wanted))
-            if wanted >= state.prefetch * 2 or wanted * 2 <= state.prefetch:
+            wanted = state.wanted(self.threads)
+            if wanted is not None:
                 log.debug("worker.prefetch_changed", queue=name, prefetch=wanted,
                           avg_task_s=state.avg_s)
                 state.prefetch = wanted

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import ctypes
 import multiprocessing
+import threading
+import time
+from collections.abc import Callable
 
 #: Bytes per slot: a task id (UUID text is 36) with room to spare.
 SLOT_BYTES = 64
 #: How many killer messages are remembered.
 KILL_RECORDS = 256
+#: How often a reader retries a read of the kill record that overlapped a write.
+_READ_TRIES = 1000
 
 
 class RunningSlots:
@@ -70,42 +75,91 @@ class Heartbeats:
 
 
 class KillRecord:
-    """How many worker processes each message has killed (a small shared ring)."""
+    """How many worker processes each message has killed (a small shared ring).
+
+    It also remembers suspects: messages that were running, with others, in a process
+    that died. Nothing tells which of them did it, so none is charged; each runs alone
+    next time, where a death is its own.
+
+    Only the supervisor writes (:meth:`add`, :meth:`suspect`); children only read. There
+    is no lock between them: a child SIGKILLed while holding one would leave it held and
+    hang the supervisor's next write. Instead the writer makes a version odd while it
+    changes the ring and even when done, and a reader retries a read that overlapped a
+    change (a sequence lock, on which a killed reader has no hold).
+    """
 
     def __init__(self) -> None:
         self._ids = multiprocessing.RawArray(ctypes.c_char, KILL_RECORDS * SLOT_BYTES)
         self._counts = multiprocessing.RawArray(ctypes.c_int, KILL_RECORDS)
+        self._suspects = multiprocessing.RawArray(ctypes.c_int, KILL_RECORDS)
         self._next = multiprocessing.RawValue(ctypes.c_int, 0)
-        self._mutex = multiprocessing.Lock()
+        self._version = multiprocessing.RawValue(ctypes.c_uint64, 0)
+        # Threads of the writing process only: a thread cannot be SIGKILLed on its own.
+        self._writer = threading.Lock()
 
     def _find(self, message_id: bytes) -> int:
         for i in range(KILL_RECORDS):
             off = i * SLOT_BYTES
-            if self._counts[i] and _read(self._ids, off, len(message_id) + 1) == (
-                message_id + b"\0"
-            ):
+            if (self._counts[i] or self._suspects[i]) and _read(
+                self._ids, off, len(message_id) + 1
+            ) == message_id + b"\0":
                 return i
         return -1
 
-    def add(self, message_id: str) -> int:
-        """Count one more kill by ``message_id``; returns its total."""
+    def _change(self, message_id: str, change: Callable[[int], int]) -> int:
+        """Apply ``change`` to ``message_id``'s record, made anew if needed (supervisor)."""
         key = message_id.encode()[: SLOT_BYTES - 1]
-        with self._mutex:
+        with self._writer:
             i = self._find(key)
-            if i < 0:
-                i = self._next.value
-                self._next.value = (i + 1) % KILL_RECORDS
-                _write(self._ids, i * SLOT_BYTES, key + b"\0")
-                self._counts[i] = 0
+            self._version.value += 1  # odd: readers retry
+            try:
+                if i < 0:
+                    i = self._next.value
+                    self._next.value = (i + 1) % KILL_RECORDS
+                    self._counts[i] = 0
+                    self._suspects[i] = 0
+                    _write(self._ids, i * SLOT_BYTES, key + b"\0")
+                return change(i)
+            finally:
+                self._version.value += 1
+
+    def add(self, message_id: str) -> int:
+        """Count one more kill by ``message_id``; returns its total (supervisor only)."""
+
+        def count(i: int) -> int:
             self._counts[i] += 1
             return int(self._counts[i])
 
+        return self._change(message_id, count)
+
+    def suspect(self, message_id: str) -> None:
+        """Remember that ``message_id`` ran, beside others, in a process that died."""
+
+        def mark(i: int) -> int:
+            self._suspects[i] = 1
+            return 0
+
+        self._change(message_id, mark)
+
+    def _read_record(self, message_id: str) -> tuple[int, bool]:
+        key = message_id.encode()[: SLOT_BYTES - 1]
+        for _ in range(_READ_TRIES):
+            before = self._version.value
+            if before % 2 == 0:
+                i = self._find(key)
+                found = (int(self._counts[i]), bool(self._suspects[i])) if i >= 0 else (0, False)
+                if self._version.value == before:
+                    return found
+            time.sleep(0.001)  # the supervisor is in the middle of a change
+        return 0, False  # never settled: count nothing rather than wait (a kill more is tolerated)
+
     def kills(self, message_id: str) -> int:
         """How many processes ``message_id`` has killed (0 if none remembered)."""
-        key = message_id.encode()[: SLOT_BYTES - 1]
-        with self._mutex:
-            i = self._find(key)
-            return int(self._counts[i]) if i >= 0 else 0
+        return self._read_record(message_id)[0]
+
+    def suspected(self, message_id: str) -> bool:
+        """Whether ``message_id`` is a suspect (it must then run alone)."""
+        return self._read_record(message_id)[1]
 
 
 def _write(buf: ctypes.Array[ctypes.c_char], offset: int, data: bytes) -> None:

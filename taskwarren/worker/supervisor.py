@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
@@ -18,9 +18,16 @@ from typing import Any
 import structlog
 
 from taskwarren.app import Warren
-from taskwarren.middleware import Chain, Middleware
+from taskwarren.message import clip
+from taskwarren.worker.execute import describe
 from taskwarren.worker.monitor import Monitor, pool_health
-from taskwarren.worker.process import EXIT_REPLACE, WorkerChild, warn_about_long_tasks
+from taskwarren.worker.process import (
+    EXIT_CRASHED,
+    EXIT_REPLACE,
+    STOP_SIGNALS,
+    WorkerChild,
+    warn_about_long_tasks,
+)
 from taskwarren.worker.shared import Heartbeats, KillRecord, RunningSlots
 
 log = structlog.get_logger("taskwarren.worker")
@@ -31,8 +38,6 @@ QUICK_DEATH_S = 1.0
 RESTART_PAUSE_MAX_S = 10.0
 #: prctl option: the signal a process gets when its parent dies (Linux).
 PR_SET_PDEATHSIG = 1
-#: Signals that stop the pool.
-STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 #: Extra seconds after the grace period before stragglers are killed.
 STOP_MARGIN_S = 5.0
 
@@ -47,9 +52,10 @@ class Supervisor:
         threads: executor threads per child.
         prefetch: pinned prefetch, or ``None`` to adapt.
         grace_s: time running tasks get to finish after a stop signal.
-        on_child_start: called in each new child before it consumes.
-        middleware: hooks run in the children (and ``child_restarted`` here).
         metrics_port: serve ``/metrics`` and ``/healthz`` on this port.
+        sidecars: functions each run in a process of their own beside the children (the
+            outbox relay), restarted when they die; each returns when the event it is
+            given is set (on a stop signal).
     """
 
     def __init__(
@@ -60,9 +66,8 @@ class Supervisor:
         threads: int = 1,
         prefetch: int | None = None,
         grace_s: float | None = None,
-        on_child_start: Callable[[int], None] | None = None,
-        middleware: Middleware | None = None,
         metrics_port: int | None = None,
+        sidecars: Sequence[Callable[[threading.Event], None]] = (),
     ) -> None:
         self.app = app
         self.queues = list(queues)
@@ -70,14 +75,15 @@ class Supervisor:
         self.threads = threads
         self.prefetch = prefetch
         self.grace_s = app.settings.grace_s if grace_s is None else grace_s
-        self.on_child_start = on_child_start
-        self.middleware = middleware or Chain()
+        self.middleware = app.middleware  # ``child_started`` runs in the children
         self.metrics_port = metrics_port
         self.monitor: Monitor | None = None
         self.heartbeats = Heartbeats(concurrency)
         self.slots = RunningSlots(concurrency, threads)
         self.kills = KillRecord()
         self.restarts = 0
+        # Sidecars are children with negative indices: no slots, heartbeats or charges.
+        self.sidecars = {-1 - i: fn for i, fn in enumerate(sidecars)}
         self._children: dict[int, multiprocessing.process.BaseProcess] = {}
         self._started_at: dict[int, float] = {}
         self._quick_deaths: dict[int, int] = {}
@@ -103,7 +109,7 @@ class Supervisor:
             self.monitor.start()
             log.info("worker.monitor_started", port=self.monitor.port)
         try:
-            for index in range(self.concurrency):
+            for index in [*range(self.concurrency), *self.sidecars]:
                 self._spawn(index)
             while not self._signals:
                 self._wait(wake_r, timeout=None)
@@ -137,20 +143,16 @@ class Supervisor:
         _stop_with_parent(self._parent_pid)
         if self.monitor is not None:
             self.monitor.close_in_child()
-        child_signals_ready = functools.partial(
-            signal.pthread_sigmask, signal.SIG_UNBLOCK, STOP_SIGNALS)
-        if self.on_child_start is not None:
-            self.on_child_start(index)
+        if index < 0:
+            _sidecar_main(self.sidecars[index])
         self.middleware.child_started(index)
         child = WorkerChild(self.app, self.queues, index, self.threads, self.prefetch,
-                            self.slots, self.kills, self.grace_s,
-                            on_signals_ready=child_signals_ready,
-                            middleware=self.middleware, heartbeats=self.heartbeats)
-        code = 1
+                            self.slots, self.kills, self.grace_s, heartbeats=self.heartbeats)
+        code = EXIT_CRASHED
         try:
             code = child.run()
         except BaseException as exc:
-            log.exception("worker.child_crashed", child=index, error=str(exc))
+            log.exception("worker.child_crashed", child=index, error=clip(describe(exc)))
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -170,12 +172,11 @@ class Supervisor:
             process.join()
             code = process.exitcode
             del self._children[index]
-            if code not in (0, EXIT_REPLACE) and not self._signals:
-                for message_id in self.slots.running(index):
-                    kills = self.kills.add(message_id)
-                    log.error("worker.child_killed_by_message", task_id=message_id, kills=kills)
-            self.slots.clear_child(index)
-            self.heartbeats.clear(index)
+            if index >= 0:  # a sidecar (negative index) ran no task
+                if code not in (0, EXIT_REPLACE, EXIT_CRASHED) and not self._signals:
+                    self._charge(index, code)
+                self.slots.clear_child(index)
+                self.heartbeats.clear(index)
             if process.pid is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
                 from prometheus_client import multiprocess
 
@@ -192,6 +193,28 @@ class Supervisor:
                 time.sleep(min(RESTART_PAUSE_MAX_S, 0.1 * 2 ** quick))
             if not self._signals:  # a stop may have arrived during the pause
                 self._spawn(index)
+
+    def _charge(self, index: int, code: int | None) -> None:
+        """Count a child's death against the message that caused it, if one surely did.
+
+        The child died of a signal (a segfault, the OOM killer, SIGKILL) or a task ended
+        its process (``os._exit``); its own failures exit with :data:`EXIT_CRASHED` and
+        are nobody's. With one message running, that message did it. With several, the
+        evidence names none of them: none is charged (charging them all would park
+        innocent neighbours as poison), but each becomes a suspect and runs alone in its
+        next process, where a death is evidence against it.
+        """
+        running = self.slots.running(index)
+        if len(running) == 1:
+            kills = self.kills.add(running[0])
+            log.error("worker.child_killed_by_message", task_id=running[0], kills=kills,
+                      exitcode=code)
+        elif running:
+            for message_id in running:
+                self.kills.suspect(message_id)
+            log.error("worker.child_died_unattributed", child=index, exitcode=code,
+                      running=len(running), task_ids=running[:8],
+                      next_step="each runs alone next time")
 
     def _stop(self, wake_r: int) -> int:
         log.info("worker.pool_stopping", grace_s=self.grace_s)
@@ -222,6 +245,24 @@ class Supervisor:
         for process in self._children.values():
             process.join()
         self._children.clear()
+
+
+def _sidecar_main(fn: Callable[[threading.Event], None]) -> None:
+    """Run a sidecar until a stop signal, then exit (0 when it returned, else crashed)."""
+    stop = threading.Event()
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, lambda *_: stop.set())
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    code = EXIT_CRASHED
+    try:
+        fn(stop)
+        code = 0
+    except BaseException as exc:
+        log.error("worker.sidecar_crashed", error=clip(describe(exc)))
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _stop_with_parent(parent_pid: int) -> None:

@@ -21,11 +21,12 @@ import pytest
 from tests.chaos.harness import seed, tasks_per_scenario
 from tests.chaos.history import Row
 from tests.chaos.nodes import RabbitCluster, RabbitNode
-from tests.support.rabbit import amqp_url, require_rabbitmq
+from tests.support.rabbit import RELEASES, Release, amqp_url, require_rabbitmq
 
-RESULTS = Path(__file__).with_name("results.md")
+#: The figures of the last run, per set of releases (two runs may go side by side).
+RESULTS = Path(__file__).with_name(f"results-{'-'.join(RELEASES) or 'none'}.md")
 ROWS = pytest.StashKey[list[Row]]()
-INFRA = pytest.StashKey["Infra"]()
+INFRA = pytest.StashKey[dict[str, "Infra"]]()
 SESSION_START = pytest.StashKey[float]()
 
 
@@ -38,9 +39,13 @@ def _started(broker: Broker) -> Broker:
 
 
 class Infra:
-    """Brokers of the suite's own, each started at most once, in the background."""
+    """Brokers of the suite's own, each started at most once, in the background.
 
-    def __init__(self) -> None:
+    One ``Infra`` per RabbitMQ release: its nodes run that release's programs.
+    """
+
+    def __init__(self, release: Release) -> None:
+        self.release = release
         self._executor = ThreadPoolExecutor(2, thread_name_prefix="chaos-infra")
         self.node: RabbitNode | None = None
         self.cluster: RabbitCluster | None = None
@@ -49,13 +54,14 @@ class Infra:
 
     def want_node(self) -> Future[RabbitNode]:
         if self._node_future is None:
-            node = self.node = RabbitNode(f"twp-{os.getpid()}")
+            short = "twp" + self.release.name.replace(".", "")
+            node = self.node = RabbitNode(f"{short}-{os.getpid()}", self.release)
             self._node_future = self._executor.submit(_started, node)
         return self._node_future
 
     def want_cluster(self) -> Future[RabbitCluster]:
         if self._cluster_future is None:
-            cluster = self.cluster = RabbitCluster("twc")
+            cluster = self.cluster = RabbitCluster("twc", release=self.release)
             self._cluster_future = self._executor.submit(_started, cluster)
         return self._cluster_future
 
@@ -67,6 +73,7 @@ class Infra:
             self.node.stop()
         if self.cluster is not None:
             self.cluster.stop()
+        self.node = self.cluster = None  # stopping twice is a no-op
         self._executor.shutdown()
 
 
@@ -88,8 +95,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         require_rabbitmq()
     except BaseException:
         return
-    infra = Infra()
-    session.config.stash[INFRA] = infra
+    # The first release's brokers boot while the first tests run; later releases' boot
+    # when their tests ask (two clusters at once would crowd a small machine).
+    first = next(iter(RELEASES.values()))
+    infra = session.config.stash.setdefault(INFRA, {}).setdefault(first.name, Infra(first))
     names = {name for item in chaos for name in getattr(item, "fixturenames", ())}
     if "private_node" in names:
         infra.want_node()
@@ -98,21 +107,23 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    infra = session.config.stash.get(INFRA, None)
-    if infra is not None:
+    for infra in session.config.stash.get(INFRA, {}).values():
         infra.stop()
 
 
-def _infra(request: pytest.FixtureRequest) -> Infra:
+def _infra(request: pytest.FixtureRequest, release: Release) -> Infra:
     require_rabbitmq()
     if not _brokers_available():
         if os.environ.get("CI"):
             pytest.fail("rabbitmq-server is not installed under CI")
         pytest.skip("rabbitmq-server is not installed")
-    infra = request.config.stash.get(INFRA, None)
-    if infra is None:
-        infra = request.config.stash[INFRA] = Infra()
-    return infra
+    by_release = request.config.stash.setdefault(INFRA, {})
+    if release.name not in by_release:
+        # Tests run release by release: the previous release's nodes are done with.
+        for done in by_release.values():
+            done.stop()
+        by_release[release.name] = Infra(release)
+    return by_release[release.name]
 
 
 @pytest.fixture(scope="session")
@@ -121,14 +132,14 @@ def chaos_results(request: pytest.FixtureRequest) -> list[Row]:
 
 
 @pytest.fixture
-def shared_url() -> str:
+def shared_url(rabbit_release: Release) -> str:
     """The shared RabbitMQ (only ever connected to, never restarted)."""
     return require_rabbitmq()
 
 
 @pytest.fixture(scope="session")
-def _private_node(request: pytest.FixtureRequest) -> RabbitNode:
-    return _infra(request).want_node().result(timeout=180)
+def _private_node(request: pytest.FixtureRequest, rabbit_release: Release) -> RabbitNode:
+    return _infra(request, rabbit_release).want_node().result(timeout=180)
 
 
 @pytest.fixture
@@ -139,8 +150,8 @@ def private_node(_private_node: RabbitNode) -> RabbitNode:
 
 
 @pytest.fixture(scope="session")
-def _cluster(request: pytest.FixtureRequest) -> RabbitCluster:
-    return _infra(request).want_cluster().result(timeout=240)
+def _cluster(request: pytest.FixtureRequest, rabbit_release: Release) -> RabbitCluster:
+    return _infra(request, rabbit_release).want_cluster().result(timeout=240)
 
 
 @pytest.fixture

@@ -28,6 +28,13 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from tests.support.rabbit import (
+    TEST_RABBIT_ENV,
+    Release,
+    current_release,
+    write_advanced_config,
+)
+
 #: Seconds a node may take to boot before we give up (boots take ~10 s here).
 BOOT_TIMEOUT_S = 90.0
 
@@ -67,26 +74,33 @@ class NodeError(RuntimeError):
 
 
 class RabbitNode:
-    """One private RabbitMQ node (``name@localhost``) that tests may stop and start."""
+    """One private RabbitMQ node (``name@localhost``) that tests may stop and start.
 
-    def __init__(self, short_name: str) -> None:
+    It runs the programs of ``release`` (the release under test by default).
+    """
+
+    def __init__(self, short_name: str, release: Release | None = None) -> None:
+        self.release = release or current_release()
         self.name = f"{short_name}@localhost"
         self.port = _free_port()
         self.dist_port = _free_port()
-        self.base = Path(tempfile.mkdtemp(prefix=f"tw-chaos-{short_name}-", dir=_base_parent()))
-        os.chmod(self.base, 0o755)
-        plugins = self.base / "enabled_plugins"
-        plugins.write_text("[].\n")
+        prefix = f"tw-chaos-{short_name}-"
+        if self.release.root is None:
+            self.base = Path(tempfile.mkdtemp(prefix=prefix, dir=_base_parent()))
+            os.chmod(self.base, 0o755)
+            inner = str(self.base)
+        else:
+            self.base, inner = self.release.data_dir(prefix)
+        (self.base / "enabled_plugins").write_text("[].\n")
         # Our own config and env files: the machine's pin the shared node's port and flags.
-        config = self.base / "rabbitmq.conf"
-        config.write_text(
+        (self.base / "rabbitmq.conf").write_text(
             f"listeners.tcp.local = 127.0.0.1:{self.port}\n"
             "loopback_users = none\n"
             "log.console = false\n"
             "log.file.level = info\n"
         )
-        env_file = self.base / "rabbitmq-env.conf"
-        env_file.write_text("ERL_EPMD_ADDRESS=127.0.0.1\n")
+        (self.base / "rabbitmq-env.conf").write_text("ERL_EPMD_ADDRESS=127.0.0.1\n")
+        write_advanced_config(str(self.base / "advanced.config"), TEST_RABBIT_ENV)
         for sub in ("mnesia", "log"):
             (self.base / sub).mkdir()
         self.env = {
@@ -94,16 +108,16 @@ class RabbitNode:
             "RABBITMQ_NODENAME": self.name,
             "RABBITMQ_NODE_PORT": str(self.port),
             "RABBITMQ_DIST_PORT": str(self.dist_port),
-            "RABBITMQ_MNESIA_BASE": str(self.base / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(self.base / "log"),
-            "RABBITMQ_PID_FILE": str(self.base / "node.pid"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(plugins),
-            "RABBITMQ_CONFIG_FILE": str(config),
-            "RABBITMQ_CONF_ENV_FILE": str(env_file),
-            "ERL_CRASH_DUMP": str(self.base / "log" / "erl_crash.dump"),
+            "RABBITMQ_MNESIA_BASE": f"{inner}/mnesia",
+            "RABBITMQ_LOG_BASE": f"{inner}/log",
+            "RABBITMQ_PID_FILE": f"{inner}/node.pid",
+            "RABBITMQ_ENABLED_PLUGINS_FILE": f"{inner}/enabled_plugins",
+            "RABBITMQ_CONFIG_FILE": f"{inner}/rabbitmq.conf",
+            "RABBITMQ_CONF_ENV_FILE": f"{inner}/rabbitmq-env.conf",
+            "RABBITMQ_ADVANCED_CONFIG_FILE": f"{inner}/advanced.config",
+            "ERL_CRASH_DUMP": f"{inner}/log/erl_crash.dump",
         }
-        if os.geteuid() == 0:
-            subprocess.run(["chown", "-R", "rabbitmq:rabbitmq", str(self.base)], check=True)
+        self.release.chown(inner)
         with _live_lock:
             _live.add(self)
 
@@ -123,7 +137,8 @@ class RabbitNode:
             NodeError: the command failed (its output and the node's log tail attached).
         """
         try:
-            done = subprocess.run([tool, "-n", self.name, *args], env=self.env,
+            done = subprocess.run(self.release.command([tool, "-n", self.name, *args]),
+                                  env=self.env,
                                   capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             raise NodeError(f"{tool} {' '.join(args)} on {self.name} timed out after "
@@ -148,8 +163,8 @@ class RabbitNode:
 
     def start(self) -> None:
         """Boot the node and wait until it serves AMQP."""
-        subprocess.run(["rabbitmq-server", "-detached"], env=self.env, check=True, timeout=30,
-                       capture_output=True)
+        subprocess.run(self.release.command(["rabbitmq-server", "-detached"]), env=self.env,
+                       check=True, timeout=30, capture_output=True)
         self.await_startup()
 
     def await_startup(self, timeout: float = BOOT_TIMEOUT_S) -> None:
@@ -244,9 +259,10 @@ class RabbitNode:
 class RabbitCluster:
     """Three (or more) private nodes joined into one cluster."""
 
-    def __init__(self, prefix: str = "twc", size: int = 3) -> None:
+    def __init__(self, prefix: str = "twc", size: int = 3,
+                 release: Release | None = None) -> None:
         run = uuid.uuid4().hex[:6]
-        self.nodes = [RabbitNode(f"{prefix}{i + 1}-{run}") for i in range(size)]
+        self.nodes = [RabbitNode(f"{prefix}{i + 1}-{run}", release) for i in range(size)]
 
     @property
     def url(self) -> str:

@@ -17,7 +17,8 @@ from taskwarren import Warren
 from tests.chaos import chaostasks
 
 
-def _append(path: str, line: str) -> None:
+def append_line(path: str, line: str) -> None:
+    """Append ``line`` to ``path`` in one write, on disk before it returns."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line.encode())
@@ -60,15 +61,15 @@ def main() -> None:
     args = parser.parse_args()
     app = Warren(url=args.url, publish_timeout_s=60)
     task = app.task(name=chaostasks.record.name, queue=args.queue)(chaostasks.record.fn)
-    _append(args.journal, "started\n")
+    append_line(args.journal, "started\n")
     end = args.first + args.count
     for start in range(args.first, end, args.batch):
         numbers = list(range(start, min(start + args.batch, end)))
-        _append(args.journal, "begin " + " ".join(map(str, numbers)) + "\n")
+        append_line(args.journal, "begin " + " ".join(map(str, numbers)) + "\n")
         ids = task.send_many([{"n": n, "ledger": args.ledger, "sleep_s": args.sleep_s}
                               for n in numbers])
         pairs = " ".join(f"{n}:{task_id}" for n, task_id in zip(numbers, ids, strict=True))
-        _append(args.journal, f"ok {pairs} .\n")
+        append_line(args.journal, f"ok {pairs} .\n")
         if args.pause_s:
             time.sleep(args.pause_s)
     app.close()

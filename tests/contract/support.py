@@ -47,6 +47,8 @@ class Harness:
     queue: str = field(default_factory=lambda: f"contract-{uuid.uuid4().hex[:8]}")
     brokers: list[Broker] = field(default_factory=list)
     consumers: list[Consumer] = field(default_factory=list)
+    #: Other queues a test declared (deleted afterwards too).
+    others: list[str] = field(default_factory=list)
     _default: Broker | None = None
 
     @property
@@ -81,6 +83,13 @@ class Harness:
         envs = [self.envelope(n, attempt) for n in range(count)]
         self.broker.publish(self.queue, envs, delay_s)
         return envs
+
+    def consumer_of(self, queue: str, prefetch: int = 10) -> Consumer:
+        """A consumer of another queue of the test's (see :attr:`others`)."""
+        consumer = self.broker.consumer()
+        self.consumers.append(consumer)
+        consumer.consume(queue, prefetch)
+        return consumer
 
     def close_consumer(self, consumer: Consumer) -> None:
         """Close ``consumer`` now (``close`` is not promised to be idempotent)."""

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from taskwarren.brokers.base import ACK, REQUEUE, Delivery
-from taskwarren.message import Envelope
+from taskwarren.brokers.base import ACK, REQUEUE, Also, Delivery, Republish
+from taskwarren.message import H_ATTEMPT, Envelope
 from tests.contract.support import Harness, collect, eventually, hold_until_killed, ids, quiet
 from tests.contract.support import settle as settle_all
 
@@ -209,3 +209,29 @@ def test_a_cancelled_consumer_gets_nothing_new_but_can_still_settle(h: Harness) 
     h.close_consumer(consumer)
 
     eventually(lambda: h.broker.stats(h.queue).ready == 1)
+
+
+def test_also_publishes_its_records_before_the_delivery_is_settled(h: Harness) -> None:
+    """An Also settlement (a job's lifecycle event, then the ack or the retry copy): the
+    records land in their queue, the settlement is done, nothing is left behind."""
+    records = f"{h.queue}-records"
+    h.others.append(records)
+    h.broker.declare([records])
+    sent = h.publish(2)
+    consumer = h.consumer()
+    first, second = collect(consumer, 2)
+    notes = [h.envelope(100 + i) for i in range(3)]
+    retry = second.envelope.with_headers({H_ATTEMPT: 1})
+    came = settle_all(consumer, [
+        (first, Also(ACK, ((records, notes[0]), (records, notes[1])))),
+        (second, Also(Republish(h.queue, retry), ((records, notes[2]),))),
+    ])
+    (again,) = came or collect(consumer, 1)  # the retry copy
+    assert again.envelope.message_id == sent[1].message_id and again.envelope.attempt == 1
+    settle_all(consumer, [(again, ACK)])
+    reader = h.consumer_of(records, prefetch=10)
+    got = collect(reader, 3)
+    assert sorted(ids(got)) == sorted(n.message_id for n in notes)
+    settle_all(reader, [(d, ACK) for d in got])
+    assert quiet(consumer, 0.3) == []
+    eventually(lambda: h.broker.stats(h.queue).ready == 0)

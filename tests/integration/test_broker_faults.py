@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,22 +12,17 @@ from taskwarren import Warren
 from taskwarren.errors import PublishTimeoutError
 from tests.integration import twtasks
 from tests.support.proxy import FaultyProxy
-from tests.support.rabbit import PrivateRabbit, consumer_count, queue_counts, unique_queue
+from tests.support.rabbit import (
+    PrivateRabbit,
+    consumer_count,
+    queue_counts,
+    unique_queue,
+)
 from tests.support.workers import Ledger, Pool, wait_until
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
 MODULE = "tests.integration.twtasks"
 
-
-@pytest.fixture(scope="module")
-def node(request: pytest.FixtureRequest) -> Iterator[PrivateRabbit]:
-    from tests.support.rabbit import require_rabbitmq
-
-    require_rabbitmq()
-    rabbit = PrivateRabbit()
-    rabbit.start()
-    yield rabbit
-    rabbit.stop()
 
 
 def app_for(url: str, **overrides: object) -> Warren:
@@ -48,18 +42,25 @@ def test_tasks_and_delayed_tasks_survive_a_broker_restart(
     task = app.task(twtasks.work.fn, name=twtasks.work.name, queue=queue)
     task.send_many([{"n": i, "ledger": str(ledger)} for i in range(100)])
     sent_at = time.time()  # the broker starts the delay before our confirm arrives
-    task.options(delay=6).send(1000, str(ledger))
+    # Long enough that a slow restart (a busy machine) ends before it is due.
+    task.options(delay=20).send(1000, str(ledger))
     app.close()
     node.restart_app()
     assert queue_counts(queue, node.url)[0] == 100
     pool = Pool(MODULE, [queue], node.url, concurrency=2, log_path=tmp_path / "w.log")
     try:
-        wait_until(lambda: len(ledger.count("end")) == 101, 40, what="all 101 tasks")
+        wait_until(lambda: len(ledger.count("end")) == 101, 60, what="all 101 tasks")
         assert pool.stop() == 0
     finally:
         pool.kill()
-    assert set(ledger.count("end").values()) == {1}
-    assert ledger.times("start", 1000)[0] >= sent_at + 6
+    ends = ledger.count("end")
+    assert set(ends) == set(range(100)) | {1000}
+    # The undelayed ones waited in their queue through the restart: each ran once. The
+    # delayed one hops between delay levels, which dead-letter at-least-once: a hop whose
+    # confirm was late after the restart is sent again, so it may run twice, never zero.
+    assert {ends[n] for n in range(100)} == {1}
+    assert ends[1000] >= 1
+    assert ledger.times("start", 1000)[0] >= sent_at + 20
 
 
 def test_workers_and_producers_carry_on_across_a_broker_restart(
@@ -170,4 +171,9 @@ def test_messages_waiting_in_any_delay_level_survive_a_broker_restart(
         assert pool.stop() == 0
     finally:
         pool.kill()
-    assert set(ledger.count("end").values()) == {1}
+    # None lost. Duplicates are allowed: the levels dead-letter at-least-once, and the test
+    # node re-sends a hop whose confirm took over 2 s after the restart (seen in CI on a
+    # loaded machine: one task ran twice). The restart regression lost whole levels.
+    ends = ledger.count("end")
+    assert set(ends) == {d * 100 + i for d in (1, 2, 3, 4, 5) for i in range(20)}
+    assert min(ends.values()) >= 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -16,7 +15,13 @@ from taskwarren import Warren
 from taskwarren.errors import ArgumentsError, UnroutableError
 from taskwarren.message import H_ERROR, H_ERROR_TYPE, H_REASON, H_TRACEBACK
 from tests.integration import twtasks
-from tests.support.rabbit import connection, consumer_count, get_all, queue_counts
+from tests.support.rabbit import (
+    connection,
+    consumer_count,
+    current_release,
+    get_all,
+    queue_counts,
+)
 from tests.support.workers import Ledger, Pool, wait_until
 
 pytestmark = pytest.mark.rabbitmq
@@ -40,8 +45,7 @@ def test_send_returns_an_id_after_a_persistent_message_lands_in_a_durable_quorum
     assert msg.properties["delivery_mode"] == 2
     assert msg.properties["content_type"] == "application/json"
     assert msg.properties["application_headers"]["tw-task"] == "tests.integration.twtasks.work"
-    listing = subprocess.run(["rabbitmqctl", "list_queues", "-q", "name", "durable", "arguments"],
-                             capture_output=True, text=True, check=True).stdout
+    listing = current_release().ctl("list_queues", "-q", "name", "durable", "arguments")
     (line,) = [row for row in listing.splitlines() if row.split("\t")[0] == queue]
     assert "true" in line and "quorum" in line and "x-delivery-limit" in line
 
@@ -216,9 +220,9 @@ def test_bad_messages_go_to_the_dead_letter_queue_with_a_reason_and_the_worker_g
     with connection(rabbit_url) as conn:
         ch = conn.channel()
         for mid, (body, ctype, headers) in bad.items():
-            ch.basic_publish(amqp.Message(body, content_type=ctype, message_id=mid,
-                                          application_headers=headers, delivery_mode=2),
-                             exchange="taskwarren", routing_key=queue)
+            ch.basic_publish_confirm(amqp.Message(body, content_type=ctype, message_id=mid,
+                                                  application_headers=headers, delivery_mode=2),
+                                     exchange="taskwarren", routing_key=queue)
     send_work(queue, ledger, 99)
     pool = Pool(MODULE, [queue], rabbit_url, concurrency=1, log_path=tmp_path / "w.log")
     try:

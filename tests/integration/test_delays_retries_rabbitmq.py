@@ -13,7 +13,7 @@ import pytest
 
 from taskwarren.message import H_ATTEMPT, H_ERROR_TYPE, H_REASON
 from tests.integration import twtasks
-from tests.support.rabbit import consumer_count, get_all, queue_counts
+from tests.support.rabbit import consumer_count, current_release, get_all, queue_counts
 from tests.support.workers import ROOT, Ledger, Pool, wait_until
 
 pytestmark = pytest.mark.rabbitmq
@@ -165,8 +165,7 @@ def test_time_limits_beyond_the_consumer_timeout_warn_and_ask_for_a_longer_one(
                 env={"TASKWARREN_CONSUMER_TIMEOUT_S": "10"})
     try:
         wait_until(lambda: consumer_count(queue) == 1, 20, what="the consumer")
-        listing = subprocess.run(["rabbitmqctl", "list_consumers", "-q", "queue_name",
-                                  "arguments"], capture_output=True, text=True).stdout
+        listing = current_release().ctl("list_consumers", "-q", "queue_name", "arguments")
         (line,) = [row for row in listing.splitlines() if row.startswith(queue + "\t")]
         # The longest hard limit among the tasks (10 s) plus a 60 s margin.
         assert "x-consumer-timeout" in line and "70000" in line

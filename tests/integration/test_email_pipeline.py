@@ -62,7 +62,8 @@ def test_an_unreadable_file_goes_to_the_dead_letter_queue_with_the_reason_untrie
         [queue],
         rabbit_url,
         concurrency=1,
-        env={"EMAIL_ANALYSIS_DB": str(tmp_path / "results.db")},
+        env={"EMAIL_ANALYSIS_DB": str(tmp_path / "results.db"),
+             "EMAIL_ANALYSIS_MAILDIR": str(tmp_path / "maildir")},
         log_path=tmp_path / "worker.log",
     )
     try:

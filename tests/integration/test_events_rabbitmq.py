@@ -14,7 +14,13 @@ import pytest
 from taskwarren import Warren
 from taskwarren.errors import UnroutableError
 from taskwarren.message import H_ERROR_TYPE, H_TASK
-from tests.support.rabbit import connection, delete_queues, get_all, queue_counts
+from tests.support.rabbit import (
+    connection,
+    current_release,
+    delete_queues,
+    get_all,
+    queue_counts,
+)
 from tests.support.workers import ROOT, Ledger, Pool, wait_until
 
 pytestmark = pytest.mark.rabbitmq
@@ -209,7 +215,6 @@ def test_topology_apply_leaves_a_queue_with_other_arguments_alone_and_says_how_t
     assert "never deletes a queue" in applied.stdout
     assert queue_counts(names.logs + ".dead") == (0, 0), "what was missing was still created"
     # The queue is untouched: still classic.
-    listing = subprocess.run(["rabbitmqctl", "list_queues", "-q", "name", "arguments"],
-                             capture_output=True, text=True, check=True).stdout
+    listing = current_release().ctl("list_queues", "-q", "name", "arguments")
     (row,) = [r for r in listing.splitlines() if r.split("\t")[0] == names.logs]
     assert "quorum" not in row

@@ -3,32 +3,19 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.integration import twtasks
 from tests.support.rabbit import consumer_count
-from tests.support.workers import ROOT, Ledger, Pool, wait_until
+from tests.support.workers import ROOT, Ledger, Pool, free_port, scrape, wait_until
 
 pytestmark = pytest.mark.rabbitmq
 MODULE = "tests.integration.twtasks"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        return str(r.read().decode())
 
 
 def health(port: int) -> int:

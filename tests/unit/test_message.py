@@ -33,3 +33,45 @@ def test_the_summary_of_a_broker_dead_lettered_message_says_why() -> None:
 def test_the_summary_of_our_dead_letter_is_its_error() -> None:
     env = encode("t", "q", b"{}").with_headers(failure_headers("KeyError", "'x'"))
     assert failure_summary(env)[:2] == ("KeyError", "'x'")
+
+
+def test_a_copy_of_a_message_with_huge_headers_fits_the_header_budget() -> None:
+    from taskwarren.message import (
+        H_CLIPPED,
+        MAX_HEADERS_BYTES,
+        encode,
+        failure_headers,
+        header_bytes,
+    )
+
+    envelope = encode("t" * 120_000, "q", b"{}")
+    envelope.headers.update({f"x-junk-{i}": "v" * 20 for i in range(5_000)})
+    envelope.headers["x-table"] = {f"k{i}": i for i in range(3_000)}
+    dead = envelope.with_headers(failure_headers("E", "e" * 50_000, "tb\n" * 50_000,
+                                                 "r" * 50_000))
+    assert header_bytes(dead.headers) <= MAX_HEADERS_BYTES
+    assert dead.headers["tw-task"].startswith("tttt")
+    assert "tw-task" in dead.headers[H_CLIPPED] and "x-table" in dead.headers[H_CLIPPED]
+    assert dead.headers["tw-reason"].startswith("rrrr")
+    small = encode("t", "q", b"{}").with_headers({"tw-reason": "r"})
+    assert H_CLIPPED not in small.headers
+
+
+def test_a_negative_attempt_number_counts_as_the_first_attempt() -> None:
+    envelope = encode("t", "q", b"{}").with_headers({H_ATTEMPT: -1_000_000})
+    # A producer cannot buy itself an unlimited retry budget with a negative count.
+    assert envelope.attempt == 0
+
+
+def test_a_copy_fits_the_header_budget_even_when_tw_headers_fill_it() -> None:
+    from taskwarren.message import H_CLIPPED, H_TRACE, MAX_HEADERS_BYTES, header_bytes
+
+    envelope = encode("t", "q", b"{}")
+    # Short text under names that look like ours, and one of ours that is no text.
+    envelope.headers.update({f"tw-junk-{i}": "v" * 900 for i in range(150)})
+    envelope.headers[H_TRACE] = list(range(20_000))
+    dead = envelope.with_headers(failure_headers("E", "boom"))
+    assert header_bytes(dead.headers) <= MAX_HEADERS_BYTES
+    assert dead.headers["tw-task"] == "t" and dead.headers["tw-error"] == "boom"
+    assert "tw-junk-" in dead.headers[H_CLIPPED]
+    assert H_TRACE not in dead.headers and H_TRACE in dead.headers[H_CLIPPED]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -178,3 +179,23 @@ def test_a_time_limit_beyond_the_broker_consumer_timeout_asks_for_a_longer_one()
     def long_running() -> None: ...
 
     assert consumer_timeout_s(app) == 7260.0
+
+
+def test_async_tasks_are_refused_at_registration_with_a_clear_error(app: Warren) -> None:
+    import functools
+
+    async def fetch(n: int) -> int:
+        return n
+
+    async def pages(n: int) -> AsyncIterator[int]:
+        yield n
+
+    class Fetcher:
+        async def __call__(self, n: int) -> int:
+            return n
+
+    for fn in (fetch, pages, Fetcher(), functools.partial(fetch)):
+        with pytest.raises(ConfigurationError, match="async") as err:
+            app.task(name="fetch")(fn)
+        assert "not supported" in str(err.value)
+    assert app.tasks == {}

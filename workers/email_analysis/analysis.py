@@ -867,14 +867,27 @@ def _recover_boundary(raw: bytes, msg: Message, defects: list[str]) -> Message |
 _TOLERATED_HEADER_DEFECTS = frozenset({"ObsoleteHeaderDefect", "NonASCIILocalPartDefect"})
 
 
+#: Characters of one header that are examined. The standard library's header parsers
+#: take quadratic time on some long values (a run of quotes, commas or backslashes), so a
+#: longer header is cut to this many characters and not given to them at all.
+MAX_HEADER_CHARS = 2048
+
+
 def _header(msg: Message, name: str, defects: list[str]) -> tuple[Any, str | None]:
     """The parsed header object (or None) and its text, recording its defects."""
+    raw = next((v for k, v in msg.raw_items() if k.lower() == name), None)
+    if raw is None:
+        return None, None
+    raw = str(raw)
+    if len(raw) > MAX_HEADER_CHARS:
+        defects.append(f"header {name}: {len(raw)} characters, over the limit of "
+                       f"{MAX_HEADER_CHARS}: only the start examined")
+        return None, _clean(" ".join(raw[:MAX_HEADER_CHARS].split()))
     try:
         value: Any = msg.get(name)
     except _NEVER_RAISE as exc:  # the header parser choked: fall back to the raw text
         defects.append(f"header {name}: unparseable ({_describe(exc)})")
-        raw = next((v for k, v in msg.raw_items() if k.lower() == name), None)
-        return None, _clean(" ".join(str(raw).split())) if raw is not None else None
+        return None, _clean(" ".join(raw.split()))
     if value is None:
         return None, None
     text = _clean(" ".join(str(value).split()))
@@ -891,7 +904,13 @@ def _header_str(msg: Message, name: str, defects: list[str]) -> str | None:
     return _header(msg, name, defects)[1]
 
 
-_ADDRESS = re.compile(r"[^\s@<>()\[\],;:\"]+@[\w-]+(?:\.[\w-]+)+")
+#: An addr-spec. Linear time on any text (``findall`` on a long run of local-part
+#: characters without an ``@`` was quadratic): a match starts only where a run of
+#: local-part characters starts, and no part gives back what it took (possessive), since
+#: the characters that may follow a part are never in it.
+_ADDRESS = re.compile(
+    r"(?<![^\s@<>()\[\],;:\"])[^\s@<>()\[\],;:\"]++@[\w-]++(?:\.[\w-]++)+"
+)
 
 
 def _first_address(msg: Message, name: str, defects: list[str]) -> str | None:

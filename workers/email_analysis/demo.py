@@ -13,9 +13,9 @@
    seconds, messages/s, score distribution, top sender domains, and broken
    and failed counts.
 
-``demo_command`` is the same as a click command (``taskwarren demo``). This
-module imports taskwarren only when the demo runs, so the CLI can import it
-while taskwarren itself is still being imported.
+``demo_command`` is the same as a click command: ``taskwarren demo``, which the
+CLI finds through this distribution's ``taskwarren.commands`` entry point
+(workers/pyproject.toml).
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import click
+
+from taskwarren.brokers.capabilities import Admin, require
+from taskwarren.errors import TaskwarrenError
 
 from .generate import generate_maildir
 from .store import SQLiteStore, StoreSummary
@@ -92,13 +95,12 @@ class _QueueState:
     drained: bool  # nothing ready or in flight in any of the queues
 
 
-def _queue_state(broker: Any) -> _QueueState | None:
-    from taskwarren.errors import TaskwarrenError
-
+def _queue_state(broker: object) -> _QueueState | None:
     """Dead-letter counts and whether the queues are empty, or None if the broker cannot say."""
     try:
-        stats = [broker.stats(q) for q in QUEUES]
-    except (TaskwarrenError, NotImplementedError, OSError):
+        admin = require(broker, Admin, "queue statistics")
+        stats = [admin.stats(q) for q in QUEUES]
+    except (TaskwarrenError, OSError):
         return None
     return _QueueState(
         dead={s.queue: int(s.dead) for s in stats},
@@ -110,10 +112,11 @@ def _new_dead(before: _QueueState, now: _QueueState) -> int:
     return sum(now.dead.get(q, 0) - before.dead.get(q, 0) for q in QUEUES)
 
 
-def _worker_env(url: str, db: str) -> dict[str, str]:
+def _worker_env(url: str, db: str, maildir: str) -> dict[str, str]:
     env = dict(os.environ)
     env["TASKWARREN_URL"] = url
     env["EMAIL_ANALYSIS_DB"] = db
+    env["EMAIL_ANALYSIS_MAILDIR"] = maildir
     paths = [str(REPO_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     return env
@@ -233,7 +236,7 @@ def run_demo(
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             command,
-            env=_worker_env(broker_url, str(db_path)),
+            env=_worker_env(broker_url, str(db_path), str(maildir)),
             cwd=workdir,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -17,7 +17,8 @@ Two queues, so storage problems never hold up analysis and vice versa:
     queues, without touching this module; each gets its own copy.
 
 Run a pool with ``taskwarren worker workers.email_analysis.tasks -c 2``;
-``TASKWARREN_URL`` picks the broker and ``EMAIL_ANALYSIS_DB`` the results store.
+``TASKWARREN_URL`` picks the broker, ``EMAIL_ANALYSIS_DB`` the results store and
+``EMAIL_ANALYSIS_MAILDIR`` the directory ingest may read message files from.
 """
 
 # No ``from __future__ import annotations`` here: taskwarren builds each task's
@@ -34,7 +35,7 @@ from taskwarren import task
 
 from . import store
 from .analysis import Analysis, AnalysisConfig, analyse
-from .files import UnreadableMessageError, read_message_file
+from .files import UnreadableMessageError, maildir_root, read_message_file
 
 __all__ = [
     "FLAGGED_EVENT",
@@ -91,11 +92,18 @@ def store_result(analysis: Analysis) -> None:
 def ingest(path: str, message_id: str) -> None:
     """Read, parse, extract and score the message at ``path``; queue the result for storage.
 
+    Only files below ``EMAIL_ANALYSIS_MAILDIR`` are read (symlinks and ``..`` resolved
+    first): a task message is no licence to read whatever the worker can read.
+
     Raises:
-        UnreadableMessageError: missing, unreadable or oversized file (dead-lettered
-            at once, with the reason).
+        UnreadableMessageError: missing, unreadable or oversized file, a path outside
+            the maildir, or no maildir configured (dead-lettered at once, with the reason).
     """
-    raw = read_message_file(path)
+    root = maildir_root()
+    if root is None:
+        raise UnreadableMessageError(
+            path, "EMAIL_ANALYSIS_MAILDIR is not set: ingest reads only below it")
+    raw = read_message_file(path, root=root)
     result = analyse(raw, message_id, config=_config())
     store_result.send(analysis=result)
     if result.score >= FLAG_SCORE:

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import sqlite3
+import threading
 import time
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from taskwarren.brokers.base import ACK, Republish
-from taskwarren.brokers.sqlite import HOUSEKEEPING_S, SQLiteBroker, wake_dir
+from taskwarren.brokers.sqlite import HOUSEKEEPING_S, LEASE_S, SQLiteBroker, wake_dir
 from taskwarren.errors import BrokerError, ConfigurationError, PublishError
 from taskwarren.message import H_ERROR_TYPE, H_REASON, Envelope, encode
 from tests.contract.support import collect, quiet
@@ -105,7 +106,8 @@ def test_a_failed_publish_is_a_publish_error(db: str) -> None:
 def test_an_expired_lease_gives_the_message_to_another_consumer_and_a_late_ack_is_ignored(
     db: str,
 ) -> None:
-    stalled_broker, broker = SQLiteBroker(db, lease_s=0.5), SQLiteBroker(db)
+    # The consumer that watches decides when a lease has run out, by its own lease length.
+    stalled_broker, broker = SQLiteBroker(db, lease_s=0.5), SQLiteBroker(db, lease_s=0.5)
     broker.publish(QUEUE, [message()])
     stalled = stalled_broker.consumer()
     stalled.consume(QUEUE, 1)
@@ -284,3 +286,101 @@ def test_a_message_past_the_delivery_limit_is_dead_lettered_saying_why(db: str) 
     assert letter.headers[H_REASON] == "delivery limit of 2 exceeded"
     assert broker.stats(QUEUE).ready == 0
     broker.close()
+
+
+def test_a_wall_clock_step_does_not_hand_a_leased_message_to_a_second_consumer(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = SQLiteBroker(db, lease_s=5.0)
+    broker.publish(QUEUE, [message()])
+    holder, other = broker.consumer(), broker.consumer()
+    holder.consume(QUEUE, 1)
+    other.consume(QUEUE, 1)
+    try:
+        (first,) = collect(holder, 1)
+        assert other.poll(0.05) == []
+        real_time = time.time
+        monkeypatch.setattr(time, "time", lambda: real_time() + 3600)  # NTP steps an hour on
+
+        # Two rounds of housekeeping, both well within the holder's 5 s lease.
+        assert quiet(other, HOUSEKEEPING_S + 0.5) == []
+
+        settle_all(holder, [(first, ACK)])
+        stats = broker.stats(QUEUE)
+        assert (stats.ready, stats.unacked) == (0, 0)
+    finally:
+        holder.close()
+        other.close()
+        broker.close()
+
+
+def test_a_long_writer_does_not_hand_a_leased_message_to_a_second_consumer(db: str) -> None:
+    lease_s = 2.0
+    broker = SQLiteBroker(db, lease_s=lease_s)
+    broker.publish(QUEUE, [message()])
+    holder, other = broker.consumer(), broker.consumer()
+    holder.consume(QUEUE, 1)
+    other.consume(QUEUE, 1)
+    writer = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    try:
+        (first,) = collect(holder, 1)
+        assert other.poll(0.05) == []
+        # Another process holds the write lock for three leases (a long migration, a
+        # huge replay): nobody, the holder included, can renew or settle meanwhile.
+        writer.execute("BEGIN IMMEDIATE")
+        done = threading.Timer(3 * lease_s, writer.execute, ["COMMIT"])
+        done.start()
+        got = quiet(other, 3 * lease_s + lease_s / 2)
+        done.join()
+
+        assert got == []
+        settle_all(holder, [(first, ACK)])
+        stats = broker.stats(QUEUE)
+        assert (stats.ready, stats.unacked) == (0, 0)
+    finally:
+        writer.close()
+        holder.close()
+        other.close()
+        broker.close()
+
+
+def test_a_consumer_blocked_by_another_writer_gives_up_well_within_its_lease(db: str) -> None:
+    broker = SQLiteBroker(db)
+    broker.publish(QUEUE, [message()])
+    consumer = broker.consumer()
+    consumer.consume(QUEUE, 1)
+    writer = sqlite3.connect(db, isolation_level=None)
+    try:
+        (first,) = collect(consumer, 1)
+        consumer.settle(first, ACK)
+        writer.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        consumer.poll(0)  # must not sit in SQLite's busy handler for longer than a lease
+
+        assert time.monotonic() - started < LEASE_S / 3
+        writer.execute("COMMIT")
+        settle_all(consumer, [])
+        assert broker.stats(QUEUE).unacked == 0
+    finally:
+        writer.close()
+        consumer.close()
+        broker.close()
+
+
+def test_registering_waits_out_a_long_writer_and_an_announcement_skips_it(db: str) -> None:
+    broker = SQLiteBroker(db)
+    consumer = broker.consumer()
+    writer = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        done = threading.Timer(LEASE_S / 3 + 1, writer.execute, ["COMMIT"])
+        done.start()
+        consumer.announce({"pid": os.getpid()})  # best effort: skipped, not an error
+        consumer.consume(QUEUE, 1)  # longer than a round may wait, as long as a publisher
+        done.join()
+
+        assert broker.stats(QUEUE).consumers == 1
+    finally:
+        writer.close()
+        consumer.close()
+        broker.close()

@@ -73,10 +73,12 @@ def test_the_report_shows_rate_histogram_domains_and_failures(tmp_path: Path) ->
     assert summary.ok is False
 
 
-def test_the_worker_pool_gets_the_broker_url_the_results_db_and_the_repo_on_its_path() -> None:
-    env = _worker_env("amqp://guest:guest@127.0.0.1:5672/%2F", "/tmp/r.db")
+def test_the_worker_pool_gets_the_broker_url_the_results_db_the_maildir_and_the_repo_on_its_path(
+) -> None:
+    env = _worker_env("amqp://guest:guest@127.0.0.1:5672/%2F", "/tmp/r.db", "/tmp/maildir")
 
     assert env["TASKWARREN_URL"] == "amqp://guest:guest@127.0.0.1:5672/%2F"
     assert env["EMAIL_ANALYSIS_DB"] == "/tmp/r.db"
+    assert env["EMAIL_ANALYSIS_MAILDIR"] == "/tmp/maildir"
     assert env["PYTHONPATH"].split(":")[0] == str(REPO_ROOT)
     assert (REPO_ROOT / "workers" / "email_analysis" / "tasks.py").is_file()

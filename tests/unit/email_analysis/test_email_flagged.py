@@ -21,6 +21,7 @@ def test_every_message_scoring_high_is_published_once_and_recorded_by_its_subscr
 ) -> None:
     monkeypatch.setenv("EMAIL_ANALYSIS_DB", str(tmp_path / "results.db"))
     monkeypatch.setenv("EMAIL_FLAGGED_LOG", str(tmp_path / "flagged.jsonl"))
+    monkeypatch.setenv("EMAIL_ANALYSIS_MAILDIR", str(tmp_path / "maildir"))
     app = Warren("memory://")
     ingest = app.task(name=tasks.ingest.name, queue=tasks.INGEST_QUEUE)(tasks.ingest.fn)
     store_result = app.task(name=tasks.store_result.name, queue=tasks.STORE_QUEUE)(

@@ -20,6 +20,7 @@ def test_every_message_is_stored_once_and_an_unreadable_one_is_dead_lettered_wit
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("EMAIL_ANALYSIS_DB", str(tmp_path / "results.db"))
+    monkeypatch.setenv("EMAIL_ANALYSIS_MAILDIR", str(tmp_path / "maildir"))
     app = Warren("memory://")
     ingest = app.task(
         name=tasks.ingest.name,

@@ -220,6 +220,8 @@ def pg_store() -> Iterator[PostgresStore]:
     try:
         psycopg.connect(PG_URL, connect_timeout=3).close()
     except psycopg.OperationalError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"no PostgreSQL at {PG_URL} under CI: {exc}")
         pytest.skip(f"no PostgreSQL at {PG_URL}: {exc}")
     table = f"email_analysis_test_{uuid.uuid4().hex[:8]}"
     opened = PostgresStore(PG_URL, table=table)

@@ -22,7 +22,10 @@ def test_the_tasks_use_the_email_ingest_and_email_store_queues() -> None:
     assert tasks.store_result.queue == "email.store"
 
 
-def test_an_unreadable_file_is_dead_lettered_at_once_not_retried(tmp_path: Path) -> None:
+def test_an_unreadable_file_is_dead_lettered_at_once_not_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMAIL_ANALYSIS_MAILDIR", str(tmp_path))
     with pytest.raises(tasks.UnreadableMessageError, match="no such file") as caught:
         tasks.ingest.fn(path=str(tmp_path / "missing"), message_id="<m@x>")
 
@@ -35,6 +38,7 @@ def test_an_unreadable_file_is_dead_lettered_at_once_not_retried(tmp_path: Path)
 def test_ingest_analyses_the_file_and_sends_the_result_to_the_store_queue(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("EMAIL_ANALYSIS_MAILDIR", str(tmp_path))
     [(path, message_id)] = generate_maildir(tmp_path, 1, seed=8)
     sent: list[dict[str, Any]] = []
     monkeypatch.setattr(tasks.store_result, "send", lambda **kwargs: sent.append(kwargs))

@@ -1,0 +1,131 @@
+"""Frames on the wire: corked writes, and a frame handler that survives bad headers.
+
+Two patches of py-amqp's behaviour, both on its private parts (its transport's
+``_write``, its ``frame_handler``): kept here, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from amqp import method_framing
+from amqp.serialization import dumps as amqp_dumps
+
+from taskwarren.brokers.rabbitmq.errors import HEADER_ERRORS
+
+#: Bytes gathered before a corked connection writes them out.
+CORK_BYTES = 128 * 1024
+
+
+@contextlib.contextmanager
+def corked(conn: Any) -> Iterator[Callable[[], None]]:
+    """Gather the frames written inside the block into few large writes.
+
+    py-amqp writes every message with its own ``sendall``; a batch of publishes (or of
+    acks) costs one system call per message. Inside this block writes are buffered and
+    go out when :data:`CORK_BYTES` gather, when the yielded ``flush`` is called (do so
+    before waiting for an answer), and at the end. Plain TCP only; TLS writes directly.
+    """
+    transport = getattr(conn, "transport", None)
+    real = getattr(transport, "_write", None)
+    if real is None or type(transport).__name__ != "TCPTransport":
+        yield lambda: None
+        return
+    chunks: list[bytes] = []
+    pending = 0
+
+    def flush() -> None:
+        nonlocal pending
+        if chunks:
+            data = b"".join(chunks)
+            chunks.clear()
+            pending = 0
+            real(data)
+
+    def buffered(data: Any) -> None:
+        nonlocal pending
+        chunks.append(bytes(data))  # py-amqp hands a view of a buffer it reuses
+        pending += len(data)
+        if pending >= CORK_BYTES:
+            flush()
+
+    transport._write = buffered  # type: ignore[union-attr]
+    try:
+        yield flush
+    finally:
+        transport._write = real  # type: ignore[union-attr]
+        flush()
+
+
+#: Header a delivery carries when its own headers could not be decoded (set by this
+#: client only, in place of the headers; its value says why). A header of that name
+#: sent by a producer is dropped on receipt.
+H_UNREADABLE = "tw-unreadable"
+#: Longest reason put in :data:`H_UNREADABLE`.
+_WHY_CHARS = 200
+#: Method and content header frame types (AMQP 0-9-1).
+_FRAME_METHOD, _FRAME_HEADER = 1, 2
+
+
+def tolerant_frames(connection: Any, callback: Any) -> Callable[[Any], Any]:
+    """py-amqp's frame handler, but a content header it cannot decode does not raise.
+
+    py-amqp decodes properties on the I/O thread while it reads frames; one message with,
+    say, a header timestamp 2**40 seconds out raised ``ValueError`` there, every time it
+    was delivered. Such a header frame is rewritten: its headers table becomes
+    ``{H_UNREADABLE: why}`` (other properties kept when they decode), so the delivery
+    arrives, and its consumer dead-letters it. Any producer may send a header named
+    :data:`H_UNREADABLE` too: on a message whose header frame decoded, it is dropped.
+    """
+    rewritten: set[int] = set()  # channels whose pending message's header we rewrote
+
+    def delivered(channel: int, method_sig: Any, args: Any, content: Any) -> Any:
+        if content is not None and channel not in rewritten:
+            headers = content.properties.get("application_headers")
+            if isinstance(headers, dict):
+                headers.pop(H_UNREADABLE, None)
+        rewritten.discard(channel)
+        return callback(channel, method_sig, args, content)
+
+    handle = method_framing.frame_handler(connection, delivered)
+
+    def on_frame(frame: Any) -> Any:
+        frame_type, channel, buf = frame
+        if frame_type != _FRAME_HEADER:
+            if frame_type == _FRAME_METHOD:
+                rewritten.discard(channel)  # a new method: no message of ours is pending
+            return handle(frame)
+        try:
+            return handle(frame)
+        except HEADER_ERRORS as exc:
+            # py-amqp still waits for this message's header: give it one it can read.
+            why = f"{type(exc).__name__}: {exc}"[:_WHY_CHARS]
+            rewritten.add(channel)  # before handle: a bodyless message is delivered in it
+            try:
+                return handle((frame_type, channel, _readable_header(bytes(buf), why)))
+            except HEADER_ERRORS:
+                return handle((frame_type, channel, _readable_header(bytes(buf), why, False)))
+
+    return on_frame
+
+
+def _readable_header(buf: bytes, why: str, keep: bool = True) -> bytes:
+    """A content header frame payload whose headers table says only ``why``.
+
+    ``keep``: keep the other properties (content type, message id...); otherwise drop
+    them all. Layout: class, weight, body size (12 bytes), flags, then the properties
+    in flag order: content type, content encoding, headers (a length-prefixed table).
+    """
+    table: bytes = amqp_dumps("F", [{H_UNREADABLE: why}])
+    flags = struct.unpack_from(">H", buf, 12)[0]
+    if not keep or not flags & 0x2000:
+        return buf[:12] + struct.pack(">H", 0x2000) + table
+    offset = 14
+    for bit in (0x8000, 0x4000):  # the two short strings before the table
+        if flags & bit:
+            offset += 1 + buf[offset]
+    (length,) = struct.unpack_from(">I", buf, offset)
+    return buf[:offset] + table + buf[offset + 4 + length:]

@@ -1,0 +1,80 @@
+"""Time limits as a worker child enforces them, on what each executor thread is running.
+
+A soft limit is an exception (``SoftTimeLimitExceeded``) the I/O thread raises in the
+executor thread, only while it is inside the task function. A hard limit cannot stop
+a thread: the I/O thread settles the delivery itself (claims it) and the child is
+replaced. The options themselves belong to
+:class:`~taskwarren.middleware.time_limit.TimeLimits`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from taskwarren.brokers.base import Delivery
+from taskwarren.errors import SoftTimeLimitExceeded
+from taskwarren.task import Task
+
+
+@dataclass(slots=True)
+class Running:
+    """What one executor thread is running."""
+
+    delivery: Delivery
+    thread_ident: int
+    task: Task[Any, Any] | None = None
+    soft_deadline: float = math.inf
+    hard_deadline: float = math.inf
+    soft_sent: bool = False
+    claimed: bool = False  # settled by the I/O thread after the hard limit
+    in_task: bool = False  # inside the task function: a soft time limit may be sent
+
+    def arm(self, task: Task[Any, Any]) -> None:
+        """The task function is about to run: its limits count from now."""
+        now = time.monotonic()
+        self.task = task
+        opts = task.task_options
+        if opts.soft_time_limit_s is not None:
+            self.soft_deadline = now + opts.soft_time_limit_s
+        if opts.time_limit_s is not None:
+            self.hard_deadline = now + opts.time_limit_s
+        self.in_task = True
+
+    def disarm(self, lock: threading.Lock) -> None:
+        """The task function returned or raised: no soft time limit may land any more.
+
+        The I/O thread sends one only while ``in_task`` holds, under ``lock``; one it
+        sent that has not been raised yet is withdrawn here. Raised in the executor's
+        own code it would end the thread with the delivery unsettled.
+        """
+        with lock:
+            self.in_task = False
+            if self.soft_sent:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_ident),
+                                                           None)
+
+    def next_deadline(self) -> float:
+        """The nearest deadline the I/O thread must wake up for (monotonic seconds)."""
+        nearest = math.inf
+        # A soft limit already sent (or that can no longer be, the function having
+        # returned) is no deadline any more: counting it would make every poll
+        # return at once, a busy loop until the task ends.
+        if self.in_task and not self.soft_sent:
+            nearest = self.soft_deadline
+        if not self.claimed:
+            nearest = min(nearest, self.hard_deadline)
+        return nearest
+
+    def send_soft_limit(self, lock: threading.Lock, now: float) -> None:
+        """Raise ``SoftTimeLimitExceeded`` in the task if its soft limit has passed."""
+        if now >= self.soft_deadline and not self.soft_sent:
+            with lock:  # see disarm: only into a task still running
+                if self.in_task and not self.soft_sent:
+                    self.soft_sent = True
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                        ctypes.c_ulong(self.thread_ident), ctypes.py_object(SoftTimeLimitExceeded))

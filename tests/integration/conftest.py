@@ -1,0 +1,20 @@
+"""Fixtures of the integration tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.rabbit import PrivateRabbit, Release, require_rabbitmq
+
+
+@pytest.fixture(scope="module")
+def node(rabbit_release: Release) -> Iterator[PrivateRabbit]:
+    """A RabbitMQ node of the module's own, of the release under test: its tests may
+    restart it or raise resource alarms on it (never on the shared broker)."""
+    require_rabbitmq()
+    rabbit = PrivateRabbit(release=rabbit_release)
+    rabbit.start()
+    yield rabbit
+    rabbit.stop()

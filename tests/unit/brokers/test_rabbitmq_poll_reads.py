@@ -1,0 +1,100 @@
+"""The consumer reads its links only when there is something to read.
+
+An empty read through py-amqp (``drain_events(timeout=0)``) raises a timeout through
+several layers before the consumer catches it: tens of microseconds on the I/O
+thread, between a delivery arriving and its executor starting. These tests count
+reads against a real broker; they time nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from taskwarren import Warren
+from taskwarren.brokers.base import ACK, Delivery
+from taskwarren.brokers.rabbitmq import RabbitMQConsumer
+
+
+class Reads:
+    """Counts a connection's ``drain_events`` calls, and those that found nothing."""
+
+    def __init__(self, conn: Any) -> None:
+        self.calls = 0
+        self.empty = 0
+        real: Callable[..., None] = conn.drain_events
+
+        def counted(timeout: float | None = None) -> None:
+            self.calls += 1
+            try:
+                real(timeout=timeout)
+            except TimeoutError:
+                self.empty += 1
+                raise
+
+        conn.drain_events = counted
+
+
+@pytest.fixture
+def app(rabbit_url: str, queue: str) -> Iterator[Warren]:
+    warren = Warren(url=rabbit_url, queue_type="classic")
+
+    @warren.task(queue=queue, name="poll_reads.noop")
+    def noop(n: int) -> None:
+        """Never runs: the test consumes its messages itself."""
+
+    yield warren
+    warren.close()
+
+
+def first_deliveries(consumer: RabbitMQConsumer, timeout_s: float = 10.0) -> list[Delivery]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = consumer.poll(0.2)
+        if got:
+            return got
+    raise AssertionError("no delivery arrived")
+
+
+def test_a_poll_that_reads_a_delivery_makes_no_empty_read(app: Warren, queue: str) -> None:
+    consumer = app.broker.consumer()
+    assert isinstance(consumer, RabbitMQConsumer)
+    try:
+        consumer.consume(queue, 10)
+        consumer.poll(0)  # connected and consuming
+        reads = Reads(consumer._link.conn)
+        empty_polls = 0
+        for n in range(5):
+            app.tasks["poll_reads.noop"].send(n)
+            before = reads.empty
+            (delivery,) = first_deliveries(consumer)
+            empty_polls += reads.empty > before
+            consumer.settle(delivery, ACK)
+        assert reads.calls >= 5
+        assert empty_polls == 0, "a poll read its link past the delivery, into a timeout"
+    finally:
+        consumer.close()
+
+
+def test_idle_polls_do_not_read_either_link(app: Warren, queue: str) -> None:
+    consumer = app.broker.consumer()
+    assert isinstance(consumer, RabbitMQConsumer)
+    try:
+        consumer.consume(queue, 10)
+        consumer.poll(0)
+        consumer.announce({"child": 0})  # opens the publishing link, as a worker does
+        assert consumer._out.link.connected
+        confirm = Reads(consumer._out.link.conn)
+        deadline = time.monotonic() + 10
+        while not confirm.calls:  # the announcement's confirm, read by some poll
+            assert time.monotonic() < deadline, "the announcement's confirm was never read"
+            consumer.poll(0.05)
+        consumed, published = Reads(consumer._link.conn), Reads(consumer._out.link.conn)
+        for _ in range(20):
+            consumer.poll(0)
+        assert (consumed.calls, published.calls) == (0, 0)
+    finally:
+        consumer.close()

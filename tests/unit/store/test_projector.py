@@ -1,0 +1,68 @@
+"""The projector prunes finished jobs past the retention even while events keep coming."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from taskwarren.brokers.memory import MemoryBroker
+from taskwarren.store import open_store, projector
+from taskwarren.store.job_table import JobTable
+from taskwarren.store.jobs import JOB_EVENTS_QUEUE, JobEvent, encode_events
+
+#: Event messages waiting when the projector starts.
+WAITING = 40
+
+
+class Watched(projector.Projector):
+    """A projector that notes how many events it had applied at its first prune, and
+    stops there."""
+
+    def __init__(self, broker: MemoryBroker, open_table: Callable[[], JobTable],
+                 retention_s: float, stop: threading.Event) -> None:
+        super().__init__(broker, open_table, retention_s)
+        self.stop = stop
+        self.applied_at_prune: int | None = None
+
+    def prune(self) -> int:
+        gone = super().prune()
+        if self.applied_at_prune is None:
+            self.applied_at_prune = self.applied
+        self.stop.set()
+        return gone
+
+
+def test_a_busy_projector_still_prunes_old_finished_jobs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    store = open_store(url)
+    store.init()
+    table = JobTable(store)
+    old = time.time() - 3600
+    table.apply([JobEvent("old", "succeeded", old, task="t", queue="q", created_at=old)])
+    broker = MemoryBroker()
+    broker.declare([JOB_EVENTS_QUEUE])
+    now = time.time()
+    broker.publish(JOB_EVENTS_QUEUE, [encode_events([JobEvent(f"new-{i}", "queued", now,
+                                                              task="t", queue="q")])
+                                      for i in range(WAITING)])
+    monkeypatch.setattr(projector, "BATCH", 1)  # one event message per poll: always busy
+    monkeypatch.setattr(projector, "PRUNE_EVERY_S", 0.0)
+    stop = threading.Event()
+    watched = Watched(broker, lambda: JobTable(open_store(url)), 60.0, stop=stop)
+
+    runner = threading.Thread(target=watched.run, args=(stop,))
+    runner.start()
+    runner.join(timeout=30)
+    stop.set()
+    runner.join()
+
+    assert watched.applied_at_prune is not None
+    assert watched.applied_at_prune < WAITING  # pruned while events were still waiting
+    assert table.get("old") is None
+    assert table.counts() == {"queued": watched.applied}
+    store.close()

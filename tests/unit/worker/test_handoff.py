@@ -1,0 +1,90 @@
+"""The I/O thread hands deliveries to the executors at the last moment before it blocks.
+
+An executor woken while the I/O thread still runs Python waits for the GIL a second
+time: a wake-up it could have been spared. So the loop's own duties (heartbeat,
+presence, time limits, prefetch) come first, and the hand-over right before the next
+poll. This test records the order; it times nothing.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import pytest
+
+from taskwarren import Warren
+from taskwarren.brokers.base import Delivery
+from taskwarren.worker.process import WorkerChild
+from taskwarren.worker.shared import Heartbeats, KillRecord, RunningSlots
+
+
+class Recorder:
+    """The I/O thread's steps, in order: ``poll``, ``put`` and ``beat``."""
+
+    def __init__(self) -> None:
+        self.steps: list[str] = []
+
+
+def test_deliveries_are_handed_over_just_before_the_io_thread_polls_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = Warren(url="memory://")
+    io = Recorder()
+    child: WorkerChild | None = None
+
+    @app.task(queue="handoff", name="handoff.note")
+    def note(n: int) -> None:
+        if n == 2 and child is not None:
+            child._on_signal(signal.SIGTERM, None)  # done: stop as a SIGTERM would
+
+    for n in range(3):
+        note.send(n)
+
+    make_consumer = app.broker.consumer
+
+    def consumer() -> Any:
+        real = make_consumer()
+        poll = real.poll
+
+        def recorded_poll(timeout_s: float) -> list[Delivery]:
+            io.steps.append("poll")
+            return poll(timeout_s)
+
+        real.poll = recorded_poll  # type: ignore[method-assign]
+        return real
+
+    monkeypatch.setattr(app.broker, "consumer", consumer)
+    beats = Heartbeats(1)
+    beat = beats.beat
+    monkeypatch.setattr(beats, "beat", lambda *a: (io.steps.append("beat"), beat(*a)))
+    child = WorkerChild(app, ["handoff"], 0, 1, None, RunningSlots(1, 1), KillRecord(),
+                        grace_s=5.0, heartbeats=beats)
+    inbox = child._inbox
+    put = inbox.put
+
+    class RecordedInbox:
+        def put(self, item: Delivery | None) -> None:
+            if item is not None:
+                io.steps.append("put")
+            put(item)
+
+        def get(self) -> Delivery | None:
+            return inbox.get()
+
+        def empty(self) -> bool:
+            return inbox.empty()
+
+    child._inbox = RecordedInbox()  # type: ignore[assignment]
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        assert child.run() == 0
+    finally:
+        signal.signal(signal.SIGTERM, handlers[0])
+        signal.signal(signal.SIGINT, handlers[1])
+        app.close()
+
+    steps = io.steps
+    assert steps.count("put") == 3, steps
+    after_puts = [steps[i + 1] for i, step in enumerate(steps) if step == "put"]
+    assert set(after_puts) <= {"put", "poll"}, steps
