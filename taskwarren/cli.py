@@ -24,6 +24,7 @@ from taskwarren.app import Warren
 from taskwarren.brokers.capabilities import Admin, Presence, Topology, require
 from taskwarren.cli_jobs import jobs_group
 from taskwarren.cli_loading import load_app, load_middleware
+from taskwarren.cli_schedules import scheduler_sidecars, schedules_command
 from taskwarren.cli_store import relay_command, store_group
 from taskwarren.cli_topology import MIGRATE as _MIGRATE
 from taskwarren.cli_topology import print_topology as _print_topology
@@ -72,9 +73,12 @@ def main(log_format: str, log_level: str) -> None:
                    "repeatable, run in the order given.")
 @click.option("--relay/--no-relay", default=True, show_default=True,
               help="Run the outbox relay beside the pool when a job store is configured.")
+@click.option("--scheduler/--no-scheduler", default=True, show_default=True,
+              help="Run the scheduler beside the pool when tasks have cron= or every=.")
 def worker(modules: tuple[str, ...], concurrency: int | None, queues: str | None,
            threads: int, prefetch: int | None, url: str | None, grace: float | None,
-           metrics_port: int | None, middleware: tuple[str, ...], relay: bool) -> None:
+           metrics_port: int | None, middleware: tuple[str, ...], relay: bool,
+           scheduler: bool) -> None:
     """Run a pool of worker processes for the tasks in MODULES."""
     from taskwarren.cli_store import relay_sidecars
     from taskwarren.worker.supervisor import Supervisor
@@ -94,7 +98,8 @@ def worker(modules: tuple[str, ...], concurrency: int | None, queues: str | None
         app.add_middleware(PrometheusMetrics(app))
     pool = Supervisor(app, chosen, concurrency or os.cpu_count() or 1, threads,
                       prefetch or app.settings.prefetch, grace, metrics_port=metrics_port,
-                      sidecars=relay_sidecars(app) if relay else ())
+                      sidecars=[*(relay_sidecars(app) if relay else ()),
+                                *(scheduler_sidecars(app) if scheduler else ())])
     try:
         code = pool.run()
     finally:
@@ -346,3 +351,4 @@ def _chosen(app: Warren, queues: str | None) -> list[str]:
 main.add_command(store_group)
 main.add_command(jobs_group)
 main.add_command(relay_command)
+main.add_command(schedules_command)

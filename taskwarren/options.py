@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypedDict
+from datetime import timedelta
+from typing import Any, Literal, TypedDict
 
+from taskwarren.cron import Cron
 from taskwarren.errors import ConfigurationError
 from taskwarren.retries import Backoff
 from taskwarren.topology import check_pattern, check_queue_name
@@ -21,7 +23,8 @@ DEFAULT_QUEUE = "default"
 class TaskOptionArgs(TypedDict, total=False):
     """The options ``@task`` and :meth:`Warren.task` take: the one place they are spelt out.
 
-    The core owns ``queue``, ``name``, ``subscribe`` and ``broadcast``; the others
+    The core owns ``queue``, ``name``, ``subscribe``, ``broadcast`` and the schedule
+    (``cron``, ``tz``, ``every``, ``overlap``); the others
     belong to the middleware that implements them (``retries``, ``backoff``,
     ``retry_on``, ``dont_retry``: :class:`~taskwarren.middleware.retries.Retries`;
     ``time_limit``, ``soft_time_limit``: :class:`~taskwarren.middleware.time_limit.TimeLimits`).
@@ -41,6 +44,13 @@ class TaskOptionArgs(TypedDict, total=False):
             the event. One subscriber per event and queue.
         broadcast: ``.send()`` reaches every worker process alive now, once each (at most
             once: see the README); no retries, no delays.
+        cron: run on this five-field cron schedule (``0 7 * * mon-fri``), read in ``tz``;
+            each tick becomes one job (README: "Schedules").
+        tz: the IANA time zone ``cron`` is read in (default ``UTC``).
+        every: run every this long (whole seconds, at least one), on ticks aligned to
+            the epoch: every scheduler computes the same ones.
+        overlap: ``skip`` (default): a tick is skipped, and recorded as such, while the
+            schedule's previous job is still queued or running; ``allow``: never.
     """
 
     queue: str
@@ -53,6 +63,10 @@ class TaskOptionArgs(TypedDict, total=False):
     soft_time_limit: float | None
     subscribe: Sequence[str]
     broadcast: bool
+    cron: str | None
+    tz: str
+    every: timedelta | None
+    overlap: Literal["skip", "allow"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +83,10 @@ class TaskOptions:
         soft_time_limit_s: past it, ``SoftTimeLimitExceeded`` is raised in the task.
         subscribe: event patterns (``audit.#``, ``email.*``) whose events it receives.
         broadcast: ``.send()`` runs it once in every live worker process.
+        cron: its cron schedule (five fields), read in ``tz``.
+        tz: the time zone of ``cron``.
+        every_s: its interval schedule, in whole seconds.
+        overlap: ``skip`` or ``allow`` a tick while the previous one's job is live.
         extra: options owned by the application's own middleware, as given.
     """
 
@@ -81,6 +99,10 @@ class TaskOptions:
     soft_time_limit_s: float | None = None
     subscribe: tuple[str, ...] = ()
     broadcast: bool = False
+    cron: str | None = None
+    tz: str = "UTC"
+    every_s: int | None = None
+    overlap: Literal["skip", "allow"] = "skip"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -106,14 +128,34 @@ class TaskOptions:
             soft_time_limit_s=known.get("soft_time_limit"),
             subscribe=tuple(known.get("subscribe", ())),
             broadcast=known.get("broadcast", False),
+            cron=known.get("cron"),
+            tz=known.get("tz", "UTC"),
+            every_s=_every_s(known.get("every")),
+            overlap=known.get("overlap", "skip"),
             extra=given,
         )
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether the task runs on a schedule (``cron`` or ``every``)."""
+        return self.cron is not None or self.every_s is not None
 
     def should_retry(self, exc: BaseException, attempt: int) -> bool:
         """Whether a call that raised ``exc`` on ``attempt`` (0-based) is tried again."""
         if attempt >= self.retries or isinstance(exc, self.dont_retry):
             return False
         return isinstance(exc, self.retry_on)
+
+
+def _every_s(every: object) -> int | None:
+    if every is None:
+        return None
+    if not isinstance(every, timedelta):
+        raise ConfigurationError(f"every= takes a datetime.timedelta, not {type(every).__name__}")
+    seconds = every.total_seconds()
+    if seconds < 1 or seconds != int(seconds):
+        raise ConfigurationError(f"every= must be whole seconds, at least one; got {every}")
+    return int(seconds)
 
 
 def task_options(base: TaskOptions, **changes: Any) -> TaskOptions:
@@ -134,4 +176,22 @@ def task_options(base: TaskOptions, **changes: Any) -> TaskOptions:
             "a broadcast runs at most once per process and cannot be retried: its retry "
             "would have to come back to that one process; use retries=0"
         )
+    _check_schedule(opts)
     return opts
+
+
+def _check_schedule(opts: TaskOptions) -> None:
+    if opts.overlap not in ("skip", "allow"):
+        raise ConfigurationError(f"overlap= is 'skip' or 'allow', not {opts.overlap!r}")
+    if opts.cron is not None and opts.every_s is not None:
+        raise ConfigurationError("a task has one schedule: cron= or every=, not both")
+    if opts.tz != "UTC" and opts.cron is None:
+        raise ConfigurationError("tz= belongs with cron= (every= ticks are the same "
+                                 "instants in every zone)")
+    if opts.scheduled and (opts.broadcast or opts.subscribe):
+        raise ConfigurationError("a scheduled task is neither a broadcast nor an event "
+                                 "subscriber")
+    if opts.cron is not None:
+        if not isinstance(opts.cron, str):
+            raise ConfigurationError(f"cron= takes a string, not {type(opts.cron).__name__}")
+        Cron(opts.cron, opts.tz)  # a bad expression or zone fails here

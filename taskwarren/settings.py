@@ -50,6 +50,7 @@ _ENV_FIELDS = {
     "TASKWARREN_JOBS": "jobs",
     "TASKWARREN_JOB_RETENTION_S": "job_retention_s",
     "TASKWARREN_JOBS_QUEUE": "jobs_queue",
+    "TASKWARREN_SCHEDULE_CATCH_UP_S": "schedule_catch_up_s",
 }
 #: Prefixes of variables that belong to the test suite or benchmarks, not to settings.
 _ENV_IGNORED_PREFIXES = ("TASKWARREN_TEST_", "TASKWARREN_BENCH_")
@@ -98,6 +99,9 @@ class Settings(BaseModel):
         job_retention_s: finished jobs older than this are pruned (``0``: kept forever).
         jobs_queue: the queue job events travel on to the projector. ``None``: one of the
             store's own (:func:`taskwarren.store.jobs.events_queue`).
+        schedule_catch_up_s: a schedule's ticks missed while no scheduler ran are
+            enqueued, once each, if they are at most this old; older ones are skipped
+            and reported.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -117,6 +121,7 @@ class Settings(BaseModel):
     jobs: bool | None = None
     job_retention_s: float = Field(default=7 * 24 * 3600.0, ge=0)
     jobs_queue: str | None = None
+    schedule_catch_up_s: float = Field(default=3600.0, ge=0)
 
     @classmethod
     def from_env(

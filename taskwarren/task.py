@@ -129,6 +129,8 @@ class Task(Generic[P, R]):
         self._fields = tuple(self._signature.parameters)
         if options.subscribe:
             _check_subscriber(name, self._signature)
+        if options.scheduled:
+            _check_scheduled(name, self._signature)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -295,6 +297,22 @@ def _check_subscriber(name: str, signature: inspect.Signature) -> None:
             f"task {name!r} subscribes to events: its first argument receives the event "
             "(annotate it with the event's pydantic model); any others need defaults"
         )
+
+
+#: The parameter of a scheduled task that receives its tick's nominal time.
+SCHEDULED_AT = "scheduled_at"
+
+
+def _check_scheduled(name: str, signature: inspect.Signature) -> None:
+    needed = [p.name for p in signature.parameters.values()
+              if p.name != SCHEDULED_AT and p.default is inspect.Parameter.empty
+              and p.kind not in (inspect.Parameter.VAR_POSITIONAL,
+                                 inspect.Parameter.VAR_KEYWORD)]
+    if needed:
+        raise ConfigurationError(
+            f"task {name!r} runs on a schedule, which passes no arguments but "
+            f"{SCHEDULED_AT!r} (the tick's time): give {', '.join(map(repr, needed))} a "
+            "default")
 
 
 def _fields_in(message: str, fields: tuple[str, ...]) -> list[str]:

@@ -44,7 +44,8 @@ EVENTS_QUEUE = "taskwarren.events"
 BROADCASTS_QUEUE = "taskwarren.broadcasts"
 
 #: Task options the core itself owns (routing and registration, not policy).
-CORE_OPTIONS = frozenset({"queue", "name", "subscribe", "broadcast"})
+CORE_OPTIONS = frozenset({"queue", "name", "subscribe", "broadcast", "cron", "tz", "every",
+                          "overlap"})
 
 #: What became of a delivery, as :attr:`TaskRun.outcome` says (``skipped``: a middleware's
 #: :meth:`Middleware.skip` kept it from running, and it was acked).

@@ -16,6 +16,12 @@ known of a job (run epoch, attempt, rank of the state): a write with a lower ver
 never overwrites a higher one. ``unique_key`` is unique among live jobs (``queued``,
 ``scheduled``, ``running``, ``retrying``): a partial index on PostgreSQL and SQLite, a
 generated column that is NULL outside live states on MySQL/MariaDB.
+
+``taskwarren_schedules`` has a row per schedule (a task's ``cron=`` or ``every=``): its
+definition and ``decided_until``, the time up to which every tick has been decided. A
+scheduler decides ticks under that row's lock, and records each in
+``taskwarren_schedule_ticks``, whose key (schedule, tick) a tick can be claimed under
+once only. Ticks are whole seconds since the epoch (UTC), exact on every database.
 """
 
 from __future__ import annotations
@@ -30,6 +36,10 @@ OUTBOX = "taskwarren_outbox"
 REJECTED = "taskwarren_outbox_rejected"
 #: The jobs table.
 JOBS = "taskwarren_jobs"
+#: The schedules table.
+SCHEDULES = "taskwarren_schedules"
+#: The decided ticks.
+TICKS = "taskwarren_schedule_ticks"
 #: States in which a job holds its ``unique_key``.
 LIVE_STATES = ("queued", "scheduled", "running", "retrying")
 _LIVE_SQL = "state IN ('queued', 'scheduled', 'running', 'retrying')"
@@ -51,6 +61,35 @@ _JOB_COLUMNS = """
     finished_at {real},
     duration_s {real},
     updated_at {real} NOT NULL,"""
+
+
+_SCHEDULE_COLUMNS = """
+    name {name} NOT NULL PRIMARY KEY,
+    spec {name} NOT NULL,
+    task {name} NOT NULL,
+    queue {name} NOT NULL,
+    defined_at {real} NOT NULL,
+    decided_until BIGINT NOT NULL,
+    last_tick BIGINT,
+    next_tick BIGINT,
+    last_job {name},
+    missed BIGINT NOT NULL DEFAULT 0,
+    checked_at {real} NOT NULL"""
+
+_TICK_COLUMNS = """
+    schedule {name} NOT NULL,
+    tick_at BIGINT NOT NULL,
+    outcome VARCHAR(16) NOT NULL,
+    task_id {name},
+    decided_at {real} NOT NULL,
+    PRIMARY KEY (schedule, tick_at)"""
+
+
+def _schedule_tables(name: str, real: str, suffix: str = "") -> list[str]:
+    return [f"CREATE TABLE IF NOT EXISTS {SCHEDULES} ("
+            f"{_SCHEDULE_COLUMNS.format(name=name, real=real)}\n){suffix}",
+            f"CREATE TABLE IF NOT EXISTS {TICKS} ("
+            f"{_TICK_COLUMNS.format(name=name, real=real)}\n){suffix}"]
 
 
 def _job_indexes(if_not_exists: str) -> list[str]:
@@ -92,6 +131,7 @@ _SQLITE = [
     *_job_indexes("IF NOT EXISTS "),
     f"CREATE UNIQUE INDEX IF NOT EXISTS {JOBS}_live_key ON {JOBS} (unique_key) "
     f"WHERE {_LIVE_SQL}",
+    *_schedule_tables("TEXT", "REAL"),
 ]
 
 _POSTGRESQL = [
@@ -129,6 +169,7 @@ _POSTGRESQL = [
     *_job_indexes("IF NOT EXISTS "),
     f"CREATE UNIQUE INDEX IF NOT EXISTS {JOBS}_live_key ON {JOBS} (unique_key) "
     f"WHERE {_LIVE_SQL}",
+    *_schedule_tables("VARCHAR(255)", "DOUBLE PRECISION"),
 ]
 
 _MYSQL_JOB_KEYS = ",\n    ".join(
@@ -173,6 +214,7 @@ _MYSQL = [
     UNIQUE KEY {JOBS}_live_key (live_key),
     {_MYSQL_JOB_KEYS}
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
+    *_schedule_tables("VARCHAR(255)", "DOUBLE", " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"),
 ]
 
 _DDL: dict[Dialect, list[str]] = {"sqlite": _SQLITE, "postgresql": _POSTGRESQL, "mysql": _MYSQL}
@@ -205,7 +247,7 @@ def is_missing_table(exc: BaseException) -> bool:
         if seen is None:
             return False
         text = str(seen)
-        if (OUTBOX in text or JOBS in text) and ("no such table" in text
+        if "taskwarren_" in text and ("no such table" in text
                                                  or "doesn't exist" in text
                                                  or "does not exist" in text):
             return True

@@ -1,0 +1,278 @@
+"""Schedules wired to an app: its scheduled tasks, its job store, its settings.
+
+A task with ``cron=`` or ``every=`` is a schedule. ``taskwarren worker`` runs a
+:class:`Scheduler` beside its pool (``--no-scheduler`` to opt out), on every machine:
+each due tick is decided once in the job store (:mod:`taskwarren.store.schedules`), so
+any number of schedulers may race and each tick becomes one job. There is no leader:
+correctness comes from the store's row lock and the tick's primary key, and nothing
+is saved by electing one but a few idle transactions.
+
+Each tick's job gets a task id made from the schedule and the tick (a UUID5), and, if
+the task takes a ``scheduled_at`` parameter, the tick's nominal time (aware, UTC).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+import structlog
+
+from taskwarren.app import Warren
+from taskwarren.cron import Cron
+from taskwarren.errors import ConfigurationError, StoreError
+from taskwarren.message import Envelope, encode
+from taskwarren.store import open_store
+from taskwarren.store.schedules import Pass, ScheduleSpec, ScheduleTable
+from taskwarren.task import SCHEDULED_AT, Task
+from taskwarren.urls import mask_url
+
+__all__ = ["Every", "Scheduler", "check_schedules", "run_scheduler", "schedule_specs",
+           "spec_of", "tick_envelope", "tick_task_id"]
+
+log = structlog.get_logger("taskwarren.schedules")
+
+#: The namespace of tick task ids (UUID5 of the schedule's name and the tick).
+TICK_NAMESPACE = uuid.UUID("5b0c6f2e-2f7e-4a55-9d0e-7461736b7761")
+#: How often a scheduler looks again at a schedule another definition holds.
+SUPERSEDED_RECHECK_S = 60.0
+#: The longest a scheduler sleeps, due tick or not (it then looks again).
+MAX_SLEEP_S = 60.0
+#: Waits after a failed pass: doubling from the first, up to the last.
+RETRY_S = (0.5, 30.0)
+
+
+class Every:
+    """Ticks every ``period_s`` seconds, aligned to the epoch: every scheduler, whenever
+    it started, computes the same ones.
+
+    Args:
+        period_s: whole seconds, at least one.
+    """
+
+    def __init__(self, period_s: int) -> None:
+        if period_s < 1:
+            raise ConfigurationError("every= must be at least one second")
+        self.period_s = period_s
+
+    def next_after(self, instant: int) -> int:
+        """The first tick strictly after ``instant`` (seconds since the epoch)."""
+        return (instant // self.period_s + 1) * self.period_s
+
+    def ticks(self, after: int, until: int) -> Iterator[int]:
+        """Every tick ``t`` with ``after < t <= until``, in order."""
+        tick = self.next_after(after)
+        while tick <= until:
+            yield tick
+            tick += self.period_s
+
+
+def spec_of(task: Task[..., object]) -> ScheduleSpec | None:
+    """The schedule of ``task``, or ``None`` if it has none."""
+    opts = task.task_options
+    rule: Cron | Every
+    if opts.cron is not None:
+        rule = Cron(opts.cron, opts.tz)
+        text = f"cron {rule.expression} {rule.tz}"
+    elif opts.every_s is not None:
+        rule = Every(opts.every_s)
+        text = f"every {opts.every_s}s"
+    else:
+        return None
+    return ScheduleSpec(name=task.name, spec=text, task=task.name, queue=task.queue,
+                        overlap=opts.overlap, ticks=rule.ticks, next_after=rule.next_after)
+
+
+def schedule_specs(app: Warren) -> list[ScheduleSpec]:
+    """The schedules of ``app``'s tasks, by name."""
+    specs = [spec_of(task) for task in app.tasks.values()]
+    return sorted((s for s in specs if s is not None), key=lambda s: s.name)
+
+
+def tick_task_id(name: str, tick: int) -> str:
+    """The task id of the job of ``name``'s tick at ``tick``: the same in every scheduler."""
+    return str(uuid.uuid5(TICK_NAMESPACE, f"{name}\x00{tick}"))
+
+
+def tick_envelope(task: Task[..., object], tick: int) -> Envelope:
+    """The envelope of ``task``'s job for the tick at ``tick`` (seconds since the epoch)."""
+    kwargs = ({SCHEDULED_AT: datetime.fromtimestamp(tick, UTC)}
+              if SCHEDULED_AT in inspect.signature(task.fn).parameters else {})
+    body = task.encode_call((), kwargs)
+    return encode(task.name, task.queue, body, task_id=tick_task_id(task.name, tick))
+
+
+def check_schedules(app: Warren) -> list[ScheduleSpec]:
+    """``app``'s schedules, checked for running: a store, job state where overlap is
+    skipped, the schedule tables.
+
+    Raises:
+        ConfigurationError: what is missing, in one line.
+        ArgumentsError: a task's ``scheduled_at`` does not take a datetime.
+        StoreError: the store cannot be reached, or its tables are missing.
+    """
+    specs = schedule_specs(app)
+    if not specs:
+        return specs
+    settings = app.settings
+    url = settings.effective_store_url
+    if url is None:
+        raise ConfigurationError(
+            f"{len(specs)} task(s) run on a schedule, and schedules live in a job store: "
+            "set TASKWARREN_STORE_URL (the embedded SQLite broker's file holds one)")
+    skipping = [s.name for s in specs if s.overlap == "skip"]
+    if skipping and not settings.records_jobs:
+        raise ConfigurationError(
+            f"schedule {skipping[0]!r} skips a tick while its last job is live "
+            "(overlap='skip', the default), which needs job state: set TASKWARREN_JOBS=on, "
+            "or give the task overlap='allow'")
+    for spec in specs:  # a scheduled_at its task cannot take fails here, not at each tick
+        tick_envelope(app.tasks[spec.task], 0)
+    table = ScheduleTable(open_store(url, settings.connect_timeout_s))
+    try:
+        table.check()
+    finally:
+        table.store.close()
+    return specs
+
+
+class Scheduler:
+    """Decides ``app``'s due ticks, one schedule at a time, until stopped.
+
+    It sleeps until the next tick by the store's clock (measured at each pass against
+    this machine's, so a skewed local clock changes nothing), and never polls faster
+    than the ticks come.
+
+    Args:
+        app: the application.
+        open_table: opens a :class:`ScheduleTable` on the app's store.
+    """
+
+    def __init__(self, app: Warren, open_table: Callable[[], ScheduleTable]) -> None:
+        self.app = app
+        self.open_table = open_table
+        self.specs = schedule_specs(app)
+        self.tasks = {s.name: app.tasks[s.task] for s in self.specs}
+        self.table: ScheduleTable | None = None
+        self.offset_s = 0.0  # the store's clock minus this machine's
+        self.due: dict[str, float] = {s.name: 0.0 for s in self.specs}
+        self.superseded: set[str] = set()
+
+    def run(self, stop: threading.Event) -> None:
+        """Decide ticks until ``stop`` is set; a failing store is retried, backing off."""
+        retry_s = RETRY_S[0]
+        while not stop.is_set():
+            try:
+                wait_s = self.run_once()
+                retry_s = RETRY_S[0]
+            except StoreError as exc:
+                log.warning("schedule.store_failed", error=str(exc), retry_in_s=retry_s)
+                self.close()
+                wait_s, retry_s = retry_s, min(retry_s * 2, RETRY_S[1])
+            stop.wait(wait_s)
+        self.close()
+
+    def close(self) -> None:
+        """Close the store connection (the next pass opens another)."""
+        if self.table is not None:
+            self.table.store.close()
+            self.table = None
+
+    def _open(self) -> ScheduleTable:
+        if self.table is None:
+            table = self.open_table()
+            try:
+                replaced = table.register(self.specs)
+            except BaseException:
+                table.store.close()
+                raise
+            for name in replaced:
+                log.info("schedule.defined", schedule=name)
+            self.offset_s = table.now() - time.time()
+            self.table = table
+            self.superseded.clear()
+        return self.table
+
+    def _store_now(self) -> float:
+        return time.time() + self.offset_s
+
+    def run_once(self) -> float:
+        """Decide every schedule that is due; the seconds until the next is.
+
+        Raises:
+            StoreError: the store failed (what was committed stays decided).
+        """
+        table = self._open()
+        settings = self.app.settings
+        keep_s = max(settings.job_retention_s, settings.schedule_catch_up_s)
+        if settings.job_retention_s == 0:
+            keep_s = 0.0
+        for spec in self.specs:
+            if self.due[spec.name] > self._store_now():
+                continue
+            task = self.tasks[spec.name]
+
+            def build(tick: int, task: Task[..., object] = task) -> Envelope:
+                return tick_envelope(task, tick)
+
+            while True:
+                result = table.decide(spec, build,
+                                      catch_up_s=settings.schedule_catch_up_s,
+                                      record=settings.records_jobs, keep_s=keep_s)
+                self.offset_s = result.now - time.time()
+                self._report(spec, result)
+                if not result.more:
+                    break
+        if not self.due:
+            return MAX_SLEEP_S
+        return min(max(min(self.due.values()) - self._store_now(), 0.005), MAX_SLEEP_S)
+
+    def _report(self, spec: ScheduleSpec, result: Pass) -> None:
+        if result.superseded:
+            self.due[spec.name] = result.now + SUPERSEDED_RECHECK_S
+            if spec.name not in self.superseded:
+                self.superseded.add(spec.name)
+                log.warning("schedule.superseded", schedule=spec.name, mine=spec.spec,
+                            detail="the store holds another definition, from a scheduler "
+                                   "started later: this one leaves the schedule to it")
+            return
+        if spec.name in self.superseded:
+            self.superseded.discard(spec.name)
+        assert result.next_tick is not None
+        self.due[spec.name] = float(result.next_tick)
+        for tick, task_id in result.enqueued:
+            log.info("schedule.enqueued", schedule=spec.name, tick=_iso(tick), task_id=task_id)
+        for tick, holder in result.skipped:
+            log.info("schedule.skipped", schedule=spec.name, tick=_iso(tick), live_job=holder,
+                     reason="overlap: the previous job is still queued or running")
+        if result.missed and result.missed_span is not None:
+            first, last = result.missed_span
+            log.warning("schedule.missed", schedule=spec.name, ticks=result.missed,
+                        first=_iso(first), last=_iso(last),
+                        catch_up_s=self.app.settings.schedule_catch_up_s)
+
+
+def _iso(tick: int) -> str:
+    return datetime.fromtimestamp(tick, UTC).isoformat()
+
+
+def run_scheduler(app: Warren, stop: threading.Event) -> None:
+    """Run ``app``'s scheduler until ``stop`` is set (``taskwarren worker``'s sidecar)."""
+    url = app.settings.effective_store_url
+    if url is None:
+        raise ConfigurationError("no job store: set TASKWARREN_STORE_URL")
+    timeout_s = app.settings.connect_timeout_s
+
+    def open_table() -> ScheduleTable:
+        assert url is not None
+        return ScheduleTable(open_store(url, timeout_s))
+
+    scheduler = Scheduler(app, open_table)
+    log.info("scheduler.started", store=mask_url(url), pid=os.getpid(),
+             schedules=[s.name for s in scheduler.specs])
+    scheduler.run(stop)
