@@ -9,10 +9,12 @@ configured or cannot be used; 2 a malformed option.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import click
 
@@ -21,8 +23,10 @@ from taskwarren.cli_jobs import printable
 from taskwarren.cli_loading import load_app
 from taskwarren.errors import ConfigurationError, StoreError, StoreNotInitializedError
 from taskwarren.schedules import check_schedules, run_scheduler, schedule_specs
+from taskwarren.settings import Settings
 from taskwarren.store import open_store
 from taskwarren.store.schedules import ScheduleRow, ScheduleTable
+from taskwarren.urls import scheme_of
 
 
 def scheduler_sidecars(app: Warren) -> list[Callable[[threading.Event], None]]:
@@ -65,13 +69,19 @@ def schedules_command(modules: tuple[str, ...], url: str | None, as_json: bool) 
     STATUS is ``active`` (the store holds this definition), ``new`` (no scheduler has
     run it yet), ``superseded`` (the store holds another definition, from a scheduler
     started later) or ``not in code`` (the store knows it, MODULES do not define it).
+    Without MODULES, the store's schedules are listed as ``stored``.
     """
-    app = load_app(modules, url)
+    app = load_app(modules, url) if modules else Warren(settings=Settings.from_env(url=url))
     specs = {s.name: s for s in schedule_specs(app)}
     store_url = app.settings.effective_store_url
     if store_url is None:
         raise click.ClickException("no job store: set TASKWARREN_STORE_URL (schedules "
                                    "live in a job store)")
+    if scheme_of(store_url) == "sqlite":
+        path = unquote(urlsplit(store_url).path[1:])
+        if not os.path.exists(path):  # reading it would create an empty one
+            raise click.ClickException(f"no job store: the SQLite file {printable(path)!r} "
+                                       "does not exist")
     table: ScheduleTable | None = None
     try:
         table = ScheduleTable(open_store(store_url, app.settings.connect_timeout_s))
@@ -89,7 +99,7 @@ def schedules_command(modules: tuple[str, ...], url: str | None, as_json: bool) 
         spec, row = specs.get(name), rows.get(name)
         listed.append(_entry(name, spec.spec if spec else None,
                              spec.overlap if spec else None, row,
-                             spec.next_after if spec else None))
+                             spec.next_after if spec else None, bool(modules)))
     if as_json:
         click.echo(json.dumps([{k: v for k, v in e.items() if not k.startswith("_")}
                                for e in listed], indent=2))
@@ -106,16 +116,16 @@ def schedules_command(modules: tuple[str, ...], url: str | None, as_json: bool) 
 
 
 def _entry(name: str, mine: str | None, overlap: str | None, row: ScheduleRow | None,
-           next_after: Callable[[int], int] | None) -> dict[str, Any]:
+           next_after: Callable[[int], int] | None, code_given: bool) -> dict[str, Any]:
     if row is None:
         status = "new"
     elif mine is None:
-        status = "not in code"
+        status = "not in code" if code_given else "stored"
     elif row.spec != mine:
         status = "superseded"
     else:
         status = "active"
-    next_tick = row.next_tick if row is not None and status == "active" else None
+    next_tick = row.next_tick if row is not None and status in ("active", "stored") else None
     if next_tick is None and next_after is not None:
         next_tick = next_after(int(datetime.now(UTC).timestamp()))
     entry: dict[str, Any] = {

@@ -9,16 +9,20 @@ did not run for that long would find it), not by waiting for the clock.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from taskwarren import Warren
+from taskwarren.cli import main
 from taskwarren.errors import StoreError
 from taskwarren.relays import relay_for
 from taskwarren.schedules import Scheduler, spec_of, tick_envelope, tick_task_id
@@ -330,3 +334,40 @@ def test_a_failed_pass_keeps_nothing(clock: Clockwork, store_url: str) -> None:
     finally:
         table.store.close()
     assert [t for t, _ in result.enqueued][:3] == [start + 1, start + 2, start + 3]
+
+
+def test_taskwarren_schedules_lists_each_schedule_with_its_ticks_and_status(
+        clock: Clockwork, store_url: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    scheduler = Scheduler(clock.app, clock.table)
+    scheduler.run_once()
+    scheduler.close()
+    module = tmp_path / "twsched_listing.py"
+    module.write_text(
+        "from datetime import datetime, timedelta\n"
+        "from taskwarren import task\n"
+        "@task(name='clock.beat', queue='clock', every=timedelta(seconds=1), overlap='allow')\n"
+        "def beat(scheduled_at: datetime) -> None: ...\n"
+        "@task(name='clock.report', queue='clock', every=timedelta(seconds=2))\n"
+        "def report(scheduled_at: datetime) -> None: ...\n"
+        "@task(name='clock.new', cron='0 7 * * mon-fri', tz='Europe/Berlin')\n"
+        "def new() -> None: ...\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("TASKWARREN_URL", "memory://")
+    monkeypatch.setenv("TASKWARREN_STORE_URL", store_url)
+    result = CliRunner().invoke(main, ["schedules", "twsched_listing", "--json"])
+    assert result.exit_code == 0, result.output
+    listed = {e["name"]: e for e in json.loads(result.output)}
+    assert listed["clock.beat"]["status"] == "active"
+    assert listed["clock.beat"]["schedule"] == "every 1s"
+    assert listed["clock.beat"]["next_tick"] is not None
+    # clock.report is every 2s in this code, every 1s in the store: another definition.
+    assert listed["clock.report"]["status"] == "superseded"
+    assert listed["clock.report"]["stored"] == "every 1s"
+    assert listed["clock.new"]["status"] == "new"
+    assert listed["clock.new"]["schedule"] == "cron 0 7 * * mon-fri Europe/Berlin"
+    table = CliRunner().invoke(main, ["schedules"])
+    assert table.exit_code == 0, table.output
+    lines = table.output.splitlines()
+    assert lines[0].split()[:4] == ["NAME", "SCHEDULE", "OVERLAP", "STATUS"]
+    assert any(line.startswith("clock.beat") and " stored " in line for line in lines)
