@@ -162,6 +162,7 @@ class Scheduler:
         self.offset_s = 0.0  # the store's clock minus this machine's
         self.due: dict[str, float] = {s.name: 0.0 for s in self.specs}
         self.superseded: set[str] = set()
+        self.registered = False
 
     def run(self, stop: threading.Event) -> None:
         """Decide ticks until ``stop`` is set; a failing store is retried, backing off."""
@@ -187,15 +188,17 @@ class Scheduler:
         if self.table is None:
             table = self.open_table()
             try:
-                replaced = table.register(self.specs)
+                if not self.registered:
+                    # Once per process: a scheduler that reconnects (after a store outage)
+                    # must not take a schedule back from one started after it.
+                    for name in table.register(self.specs):
+                        log.info("schedule.defined", schedule=name)
+                    self.registered = True
+                self.offset_s = table.now() - time.time()
             except BaseException:
                 table.store.close()
                 raise
-            for name in replaced:
-                log.info("schedule.defined", schedule=name)
-            self.offset_s = table.now() - time.time()
             self.table = table
-            self.superseded.clear()
         return self.table
 
     def _store_now(self) -> float:

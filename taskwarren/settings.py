@@ -101,7 +101,7 @@ class Settings(BaseModel):
             store's own (:func:`taskwarren.store.jobs.events_queue`).
         schedule_catch_up_s: a schedule's ticks missed while no scheduler ran are
             enqueued, once each, if they are at most this old; older ones are skipped
-            and reported.
+            and reported. At least 10 s: a scheduler is always a little late.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -121,7 +121,7 @@ class Settings(BaseModel):
     jobs: bool | None = None
     job_retention_s: float = Field(default=7 * 24 * 3600.0, ge=0)
     jobs_queue: str | None = None
-    schedule_catch_up_s: float = Field(default=3600.0, ge=0)
+    schedule_catch_up_s: float = Field(default=3600.0, ge=10)
 
     @classmethod
     def from_env(

@@ -371,3 +371,29 @@ def test_taskwarren_schedules_lists_each_schedule_with_its_ticks_and_status(
     lines = table.output.splitlines()
     assert lines[0].split()[:4] == ["NAME", "SCHEDULE", "OVERLAP", "STATUS"]
     assert any(line.startswith("clock.beat") and " stored " in line for line in lines)
+
+
+def test_a_scheduler_that_reconnects_does_not_take_a_schedule_back(
+        clock: Clockwork, store_url: str) -> None:
+    """A rolling deploy: the new code's scheduler starts after the old one; the old one
+    loses its connection and opens another, and still leaves the schedule alone."""
+    newer = Warren(url="memory://", store_url=store_url)
+    newer.task(lambda scheduled_at: None, name="clock.beat", queue="clock",
+               every=timedelta(seconds=2), overlap="allow")
+    newer.task(lambda scheduled_at: None, name="clock.report", queue="clock",
+               every=timedelta(seconds=1))
+    old = Scheduler(clock.app, clock.table)
+    new = Scheduler(newer, clock.table)
+    try:
+        old.run_once()
+        new.run_once()
+        old.close()  # as after a failed pass
+        old.due = dict.fromkeys(old.due, 0.0)
+        old.run_once()
+        assert "clock.beat" in old.superseded
+        stored = rows(store_url, f"SELECT spec FROM {SCHEDULES} WHERE name = ?", "clock.beat")
+        assert stored == [("every 2s",)]
+    finally:
+        old.close()
+        new.close()
+        newer.close()
