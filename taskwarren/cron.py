@@ -44,7 +44,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from taskwarren.errors import ConfigurationError
 
-__all__ = ["Cron"]
+__all__ = ["Cron", "Every", "rule_of", "rule_text"]
 
 #: What each alias stands for.
 ALIASES = {
@@ -303,3 +303,54 @@ class Cron:
                 continue
             return datetime(year, month, day, hour, found)
         return None
+
+
+class Every:
+    """Ticks every ``period_s`` seconds, aligned to the epoch: every scheduler, whenever
+    it started, computes the same ones.
+
+    Args:
+        period_s: whole seconds, at least one.
+    """
+
+    def __init__(self, period_s: int) -> None:
+        if period_s < 1:
+            raise ConfigurationError("every= must be at least one second")
+        self.period_s = period_s
+
+    def __repr__(self) -> str:
+        return f"Every({self.period_s})"
+
+    def next_after(self, instant: int) -> int:
+        """The first tick strictly after ``instant`` (seconds since the epoch)."""
+        return (instant // self.period_s + 1) * self.period_s
+
+    def ticks(self, after: int, until: int) -> Iterator[int]:
+        """Every tick ``t`` with ``after < t <= until``, in order."""
+        tick = self.next_after(after)
+        while tick <= until:
+            yield tick
+            tick += self.period_s
+
+
+def rule_text(rule: Cron | Every) -> str:
+    """How ``rule`` is written in a stored schedule definition: ``cron <expression>
+    <zone>`` or ``every <n>s`` (read back by :func:`rule_of`)."""
+    if isinstance(rule, Every):
+        return f"every {rule.period_s}s"
+    return f"cron {rule.expression} {rule.tz}"
+
+
+def rule_of(text: str) -> Cron | Every | None:
+    """The rule a stored definition starts with (:func:`rule_text`), or ``None`` if it
+    cannot be read (written by other code): the text up to the first ``;``."""
+    head = text.split(";", 1)[0].strip()
+    try:
+        if head.startswith("every ") and head.endswith("s"):
+            return Every(int(head[len("every "):-1]))
+        if head.startswith("cron "):
+            expression, _, zone = head[len("cron "):].rpartition(" ")
+            return Cron(expression, zone)
+    except (ConfigurationError, ValueError):
+        return None
+    return None

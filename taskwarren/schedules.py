@@ -18,13 +18,13 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import structlog
 
 from taskwarren.app import Warren
-from taskwarren.cron import Cron
+from taskwarren.cron import Cron, Every, rule_text
 from taskwarren.errors import ConfigurationError, StoreError
 from taskwarren.message import Envelope, encode
 from taskwarren.store import open_store
@@ -32,7 +32,7 @@ from taskwarren.store.schedules import Pass, ScheduleSpec, ScheduleTable
 from taskwarren.task import SCHEDULED_AT, Task
 from taskwarren.urls import mask_url
 
-__all__ = ["Every", "Scheduler", "check_schedules", "run_scheduler", "schedule_specs",
+__all__ = ["Scheduler", "check_schedules", "run_scheduler", "schedule_specs",
            "spec_of", "tick_envelope", "tick_task_id"]
 
 log = structlog.get_logger("taskwarren.schedules")
@@ -43,47 +43,29 @@ TICK_NAMESPACE = uuid.UUID("5b0c6f2e-2f7e-4a55-9d0e-7461736b7761")
 SUPERSEDED_RECHECK_S = 60.0
 #: The longest a scheduler sleeps, due tick or not (it then looks again).
 MAX_SLEEP_S = 60.0
+#: Skipped ticks in a row after which a skip is logged as a warning (and every ten times
+#: as many after that): the live job may be stuck, or no projector records its end.
+SKIPS_WARNING = 10
 #: Waits after a failed pass: doubling from the first, up to the last.
 RETRY_S = (0.5, 30.0)
 
 
-class Every:
-    """Ticks every ``period_s`` seconds, aligned to the epoch: every scheduler, whenever
-    it started, computes the same ones.
-
-    Args:
-        period_s: whole seconds, at least one.
-    """
-
-    def __init__(self, period_s: int) -> None:
-        if period_s < 1:
-            raise ConfigurationError("every= must be at least one second")
-        self.period_s = period_s
-
-    def next_after(self, instant: int) -> int:
-        """The first tick strictly after ``instant`` (seconds since the epoch)."""
-        return (instant // self.period_s + 1) * self.period_s
-
-    def ticks(self, after: int, until: int) -> Iterator[int]:
-        """Every tick ``t`` with ``after < t <= until``, in order."""
-        tick = self.next_after(after)
-        while tick <= until:
-            yield tick
-            tick += self.period_s
-
-
 def spec_of(task: Task[..., object]) -> ScheduleSpec | None:
-    """The schedule of ``task``, or ``None`` if it has none."""
+    """The schedule of ``task``, or ``None`` if it has none.
+
+    Its definition is the rule, the queue and the overlap policy
+    (``every 30s; queue=sync; overlap=allow``): a change to any of them is a new
+    definition.
+    """
     opts = task.task_options
     rule: Cron | Every
     if opts.cron is not None:
         rule = Cron(opts.cron, opts.tz)
-        text = f"cron {rule.expression} {rule.tz}"
     elif opts.every_s is not None:
         rule = Every(opts.every_s)
-        text = f"every {opts.every_s}s"
     else:
         return None
+    text = f"{rule_text(rule)}; queue={task.queue}; overlap={opts.overlap}"
     return ScheduleSpec(name=task.name, spec=text, task=task.name, queue=task.queue,
                         overlap=opts.overlap, ticks=rule.ticks, next_after=rule.next_after)
 
@@ -163,6 +145,7 @@ class Scheduler:
         self.due: dict[str, float] = {s.name: 0.0 for s in self.specs}
         self.superseded: set[str] = set()
         self.registered = False
+        self.skips: dict[str, int] = {}  # ticks skipped in a row, by schedule
 
     def run(self, stop: threading.Event) -> None:
         """Decide ticks until ``stop`` is set; a failing store is retried, backing off."""
@@ -191,8 +174,9 @@ class Scheduler:
                 if not self.registered:
                     # Once per process: a scheduler that reconnects (after a store outage)
                     # must not take a schedule back from one started after it.
-                    for name in table.register(self.specs):
-                        log.info("schedule.defined", schedule=name)
+                    for name, missed in table.register(self.specs):
+                        log.info("schedule.defined", schedule=name,
+                                 previous_definition_missed=missed)
                     self.registered = True
                 self.offset_s = table.now() - time.time()
             except BaseException:
@@ -246,13 +230,26 @@ class Scheduler:
             return
         if spec.name in self.superseded:
             self.superseded.discard(spec.name)
+        if result.took_over:
+            log.warning("schedule.taken_over", schedule=spec.name, definition=spec.spec,
+                        previous_definition_missed=result.missed,
+                        detail="the stored definition's next tick was long overdue: no "
+                               "running scheduler has it")
+            result.missed = 0  # counted under the old definition: not this one's misses
         assert result.next_tick is not None
         self.due[spec.name] = float(result.next_tick)
         for tick, task_id in result.enqueued:
             log.info("schedule.enqueued", schedule=spec.name, tick=_iso(tick), task_id=task_id)
+        if result.enqueued:
+            self.skips[spec.name] = 0
         for tick, holder in result.skipped:
-            log.info("schedule.skipped", schedule=spec.name, tick=_iso(tick), live_job=holder,
-                     reason="overlap: the previous job is still queued or running")
+            skips = self.skips[spec.name] = self.skips.get(spec.name, 0) + 1
+            event = log.info
+            if skips == SKIPS_WARNING or skips % (SKIPS_WARNING * 10) == 0:
+                event = log.warning  # its job is stuck, or no projector records its end
+            event("schedule.skipped", schedule=spec.name, tick=_iso(tick), live_job=holder,
+                  skipped_in_a_row=skips,
+                  reason="overlap: the previous job is still queued or running")
         if result.missed and result.missed_span is not None:
             first, last = result.missed_span
             log.warning("schedule.missed", schedule=spec.name, ticks=result.missed,

@@ -301,9 +301,16 @@ def _check_subscriber(name: str, signature: inspect.Signature) -> None:
 
 #: The parameter of a scheduled task that receives its tick's nominal time.
 SCHEDULED_AT = "scheduled_at"
+#: The longest name of a scheduled task: the store keys its schedule by name (255
+#: characters), and its live job holds a ``unique_key`` of 255 with a prefix of 20.
+MAX_SCHEDULE_NAME = 235
 
 
 def _check_scheduled(name: str, signature: inspect.Signature) -> None:
+    if len(name) > MAX_SCHEDULE_NAME or storable(name) != name:
+        raise ConfigurationError(
+            f"task {name[:60]!r}...: a scheduled task's name is at most {MAX_SCHEDULE_NAME} "
+            "characters of text (no NUL); give it a shorter name=")
     needed = [p.name for p in signature.parameters.values()
               if p.name != SCHEDULED_AT and p.default is inspect.Parameter.empty
               and p.kind not in (inspect.Parameter.VAR_POSITIONAL,

@@ -208,12 +208,15 @@ def outbox_row(envelope: Envelope, delay_s: float, now: float) -> tuple[Any, ...
 
 
 def write(db: object, envelopes: Sequence[Envelope], delay_s: float, *,
-          record: bool = False, unique_key: str | None = None) -> str | None:
+          record: bool = False, unique_key: str | None = None,
+          now: float | None = None) -> str | None:
     """Insert ``envelopes`` into the outbox through ``db``, in its open transaction.
 
     With ``record``, each is also born in ``taskwarren_jobs`` (``queued``, or
     ``scheduled`` when delayed), in the same transaction. With ``unique_key`` (one
-    envelope), nothing is written when a live job already holds the key.
+    envelope), nothing is written when a live job already holds the key. ``now`` is
+    the time they are sent at (default: this machine's clock; a scheduler passes the
+    database's, so that a skewed local clock cannot hold its rows back from a relay).
 
     Returns:
         With ``unique_key``: the id of the job that holds the key (the new one, or the
@@ -225,7 +228,7 @@ def write(db: object, envelopes: Sequence[Envelope], delay_s: float, *,
         StoreError: the database refused the rows (the driver's error is chained).
     """
     writer = writer_for(db)
-    now = time.time()
+    now = time.time() if now is None else now
     rows = [outbox_row(e, delay_s, now) for e in envelopes]
     holder = None
     try:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Literal
 
+from taskwarren.cron import rule_of
 from taskwarren.message import Envelope
 from taskwarren.store import outbox
 from taskwarren.store.database import Store
@@ -43,6 +44,10 @@ TICKS_PER_PASS = 200
 MISSED_COUNT_CAP = 100_000
 #: The prefix of the ``unique_key`` a schedule's jobs hold while live (overlap skip).
 UNIQUE_PREFIX = "taskwarren.schedule:"
+#: A scheduler with another definition takes a schedule over when the stored one's next
+#: tick is this overdue: nobody runs that definition any more (a canary removed, the new
+#: code rolled back while an old pool kept running).
+TAKEOVER_AFTER_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +95,9 @@ class Pass:
         through: with ``more``, the last tick this pass decided.
         superseded: the row holds another definition of this schedule (written by a
             scheduler started later): this scheduler leaves it alone.
+        took_over: the row held another definition that nobody ran (its next tick
+            :data:`TAKEOVER_AFTER_S` overdue): this scheduler's replaced it, and that
+            definition's undecided ticks were counted in ``missed``.
         next_tick: the schedule's next tick after this pass.
     """
 
@@ -101,6 +109,7 @@ class Pass:
     more: bool = False
     through: int | None = None
     superseded: bool = False
+    took_over: bool = False
     next_tick: int | None = None
 
 
@@ -141,8 +150,10 @@ class ScheduleTable:
         self.p = store.placeholder
         self.dialect = store.dialect
         if self.dialect == "postgresql":
-            store.session_sql = (f"SET lock_timeout = {idle_s * 3000}",
-                                 f"SET idle_in_transaction_session_timeout = {idle_s * 1000}")
+            store.session_sql = (
+                "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED",
+                f"SET lock_timeout = {idle_s * 3000}",
+                f"SET idle_in_transaction_session_timeout = {idle_s * 1000}")
         elif self.dialect == "mysql":
             store.session_sql = (f"SET SESSION innodb_lock_wait_timeout = {idle_s * 3}",
                                  "SET SESSION time_zone = '+00:00'")
@@ -192,40 +203,63 @@ class ScheduleTable:
         tail = "" if self.dialect == "mysql" else " ON CONFLICT DO NOTHING"
         return f"{head} INTO {table} ({', '.join(columns)}) VALUES ({marks}){tail}"
 
-    def register(self, specs: Sequence[ScheduleSpec]) -> list[str]:
-        """Write the definitions of ``specs``, in one transaction; the names whose
-        stored definition this replaced.
+    def register(self, specs: Sequence[ScheduleSpec]) -> list[tuple[str, int]]:
+        """Write the definitions of ``specs``, in one transaction; (name, ticks counted
+        missed) of each schedule whose stored definition this replaced.
 
         A new schedule starts at the database's now: its first tick is the next one, and
-        nothing before it is caught up. A schedule whose stored definition differs gets
-        this one (the scheduler started last wins, so a rolling deploy ends with the new
-        code's), from now on: the new definition's ticks before now are not caught up.
+        nothing before it is caught up; one whose row was deleted (its decided ticks are
+        still recorded) resumes after its last recorded tick. A schedule whose stored
+        definition differs gets this one (the scheduler started last wins, so a rolling
+        deploy ends with the new code's) from now on: the stored definition's ticks that
+        nobody decided are counted as missed, and the new one's before now are not
+        caught up.
         """
         p = self.p
         replaced = []
         with self.store.cursor() as cur:
             self._begin(cur)
             now = self._now(cur)
-            start = math.floor(now)
             insert = self._insert_ignore(SCHEDULES, (
                 "name", "spec", "task", "queue", "defined_at", "decided_until", "next_tick",
                 "missed", "checked_at"))
             for spec in sorted(specs, key=lambda s: s.name):  # one lock order for all
+                start = self._resume_point(cur, spec.name, math.floor(now))
                 cur.execute(insert, (spec.name, spec.spec, spec.task, spec.queue, now, start,
                                      spec.next_after(start), 0, now))
-                cur.execute(f"SELECT spec, decided_until FROM {SCHEDULES} WHERE name = {p}"
-                            f"{self._lock}", (spec.name,))
-                stored, decided_until = cur.fetchone()
+                cur.execute(f"SELECT spec, decided_until, missed FROM {SCHEDULES} "
+                            f"WHERE name = {p}{self._lock}", (spec.name,))
+                stored, decided_until, missed = cur.fetchone()
                 if stored != spec.spec:
-                    until = max(int(decided_until), start)
-                    cur.execute(f"UPDATE {SCHEDULES} SET spec = {p}, task = {p}, queue = {p}, "
-                                f"defined_at = {p}, decided_until = {p}, next_tick = {p} "
-                                f"WHERE name = {p}",
-                                (spec.spec, spec.task, spec.queue, now, until,
-                                 spec.next_after(until), spec.name))
-                    replaced.append(spec.name)
+                    count = self._replace(cur, spec, str(stored), int(decided_until),
+                                          int(missed), now)
+                    replaced.append((spec.name, count))
             self.store.conn.commit()
         return replaced
+
+    def _resume_point(self, cur: Any, name: str, now: int) -> int:
+        cur.execute(f"SELECT MAX(tick_at) FROM {TICKS} WHERE schedule = {self.p}", (name,))
+        last = cur.fetchone()[0]
+        return now if last is None else min(int(last), now)
+
+    def _replace(self, cur: Any, spec: ScheduleSpec, stored: str, decided_until: int,
+                 missed: int, now: float) -> int:
+        """Write ``spec``'s definition over ``stored`` from ``now`` on; the stored
+        definition's undecided ticks up to now, counted (and added to ``missed``)."""
+        start = math.floor(now)
+        old_rule = rule_of(stored)
+        count = 0
+        if old_rule is not None and decided_until < start:
+            count = sum(1 for _ in islice(old_rule.ticks(decided_until, start),
+                                          MISSED_COUNT_CAP))
+        until = max(decided_until, start)
+        p = self.p
+        cur.execute(f"UPDATE {SCHEDULES} SET spec = {p}, task = {p}, queue = {p}, "
+                    f"defined_at = {p}, decided_until = {p}, next_tick = {p}, missed = {p} "
+                    f"WHERE name = {p}",
+                    (spec.spec, spec.task, spec.queue, now, until, spec.next_after(until),
+                     missed + count, spec.name))
+        return count
 
     @property
     def _lock(self) -> str:
@@ -254,17 +288,24 @@ class ScheduleTable:
         p = self.p
         with self.store.cursor() as cur:
             self._begin(cur)
-            cur.execute(f"SELECT spec, decided_until, missed FROM {SCHEDULES} "
+            cur.execute(f"SELECT spec, decided_until, missed, next_tick FROM {SCHEDULES} "
                         f"WHERE name = {p}{self._lock}", (spec.name,))
             row = cur.fetchone()
             now = self._now(cur)
-            if row is None or row[0] != spec.spec:
+            if row is None:  # deleted under us (by hand): define it again
                 self.store.conn.rollback()
-                if row is None:  # deleted under us (by hand): define it again
-                    self.register([spec])
-                    return Pass(now=now, next_tick=spec.next_after(math.floor(now)))
-                return Pass(now=now, superseded=True)
+                self.register([spec])
+                return Pass(now=now, next_tick=spec.next_after(math.floor(now)))
             decided_until, missed_before = int(row[1]), int(row[2])
+            if row[0] != spec.spec:
+                if row[3] is None or now <= int(row[3]) + TAKEOVER_AFTER_S:
+                    self.store.conn.rollback()
+                    return Pass(now=now, superseded=True)
+                count = self._replace(cur, spec, str(row[0]), decided_until, missed_before,
+                                      now)
+                self.store.conn.commit()
+                return Pass(now=now, missed=count, took_over=True,
+                            next_tick=spec.next_after(max(decided_until, math.floor(now))))
             result = self._decide(cur, spec, build, decided_until, now, catch_up_s, record)
             last = result.enqueued[-1][0] if result.enqueued else None
             if result.skipped and (last is None or result.skipped[-1][0] > last):
@@ -315,7 +356,7 @@ class ScheduleTable:
                 continue  # decided before (the row was moved back by hand)
             if spec.overlap == "skip":
                 holder = outbox.write(raw, [envelope], 0.0, record=True,
-                                      unique_key=spec.unique_key)
+                                      unique_key=spec.unique_key, now=now)
                 if holder != envelope.message_id:
                     assert holder is not None
                     cur.execute(f"UPDATE {TICKS} SET outcome = 'skipped', task_id = {self.p} "
@@ -324,7 +365,7 @@ class ScheduleTable:
                     result.skipped.append((tick, holder))
                     continue
             else:
-                outbox.write(raw, [envelope], 0.0, record=record)
+                outbox.write(raw, [envelope], 0.0, record=record, now=now)
             result.enqueued.append((tick, envelope.message_id))
         return result
 

@@ -64,8 +64,8 @@ _JOB_COLUMNS = """
 
 
 _SCHEDULE_COLUMNS = """
-    name {name} NOT NULL PRIMARY KEY,
-    spec {name} NOT NULL,
+    name {key} NOT NULL PRIMARY KEY,
+    spec {text} NOT NULL,
     task {name} NOT NULL,
     queue {name} NOT NULL,
     defined_at {real} NOT NULL,
@@ -77,7 +77,7 @@ _SCHEDULE_COLUMNS = """
     checked_at {real} NOT NULL"""
 
 _TICK_COLUMNS = """
-    schedule {name} NOT NULL,
+    schedule {key} NOT NULL,
     tick_at BIGINT NOT NULL,
     outcome VARCHAR(16) NOT NULL,
     task_id {name},
@@ -85,11 +85,15 @@ _TICK_COLUMNS = """
     PRIMARY KEY (schedule, tick_at)"""
 
 
-def _schedule_tables(name: str, real: str, suffix: str = "") -> list[str]:
+def _schedule_tables(name: str, real: str, text: str, suffix: str = "",
+                     key: str | None = None) -> list[str]:
+    # ``key``: the schedule name's type; on MySQL a binary collation, so that names that
+    # differ only in case or accents are two schedules, as everywhere else.
+    columns = {"name": name, "real": real, "text": text, "key": key or name}
     return [f"CREATE TABLE IF NOT EXISTS {SCHEDULES} ("
-            f"{_SCHEDULE_COLUMNS.format(name=name, real=real)}\n){suffix}",
+            f"{_SCHEDULE_COLUMNS.format(**columns)}\n){suffix}",
             f"CREATE TABLE IF NOT EXISTS {TICKS} ("
-            f"{_TICK_COLUMNS.format(name=name, real=real)}\n){suffix}"]
+            f"{_TICK_COLUMNS.format(**columns)}\n){suffix}"]
 
 
 def _job_indexes(if_not_exists: str) -> list[str]:
@@ -131,7 +135,7 @@ _SQLITE = [
     *_job_indexes("IF NOT EXISTS "),
     f"CREATE UNIQUE INDEX IF NOT EXISTS {JOBS}_live_key ON {JOBS} (unique_key) "
     f"WHERE {_LIVE_SQL}",
-    *_schedule_tables("TEXT", "REAL"),
+    *_schedule_tables("TEXT", "REAL", "TEXT"),
 ]
 
 _POSTGRESQL = [
@@ -169,7 +173,7 @@ _POSTGRESQL = [
     *_job_indexes("IF NOT EXISTS "),
     f"CREATE UNIQUE INDEX IF NOT EXISTS {JOBS}_live_key ON {JOBS} (unique_key) "
     f"WHERE {_LIVE_SQL}",
-    *_schedule_tables("VARCHAR(255)", "DOUBLE PRECISION"),
+    *_schedule_tables("VARCHAR(255)", "DOUBLE PRECISION", "TEXT"),
 ]
 
 _MYSQL_JOB_KEYS = ",\n    ".join(
@@ -214,7 +218,8 @@ _MYSQL = [
     UNIQUE KEY {JOBS}_live_key (live_key),
     {_MYSQL_JOB_KEYS}
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
-    *_schedule_tables("VARCHAR(255)", "DOUBLE", " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"),
+    *_schedule_tables("VARCHAR(255)", "DOUBLE", "TEXT", " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+                      key="VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"),
 ]
 
 _DDL: dict[Dialect, list[str]] = {"sqlite": _SQLITE, "postgresql": _POSTGRESQL, "mysql": _MYSQL}

@@ -3,6 +3,8 @@ ticks, and how ``taskwarren worker`` refuses a schedule that cannot run."""
 
 from __future__ import annotations
 
+import sys
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -48,9 +50,10 @@ def test_a_schedule_is_read_from_the_task_options(app: Warren) -> None:
 
     specs = {s.name: s for s in schedule_specs(app)}
     assert set(specs) == {"r.morning", "s.sync"}
-    assert specs["r.morning"].spec == "cron 0 7 * * mon-fri Europe/Berlin"
+    assert specs["r.morning"].spec == ("cron 0 7 * * mon-fri Europe/Berlin; queue=reports; "
+                                       "overlap=skip")
     assert specs["r.morning"].overlap == "skip" and specs["r.morning"].queue == "reports"
-    assert specs["s.sync"].spec == "every 30s" and specs["s.sync"].overlap == "allow"
+    assert specs["s.sync"].spec == "every 30s; queue=sync; overlap=allow"
     assert spec_of(plain) is None
 
 
@@ -117,14 +120,24 @@ def test_schedules_need_a_store_and_skipping_overlap_needs_job_state(tmp_path: P
 
 def test_the_worker_stops_at_start_with_one_line_when_a_schedule_cannot_run(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    module = tmp_path / "twsched_nojobs.py"
+    # The module's task goes on a default app of this test's own (restored afterwards).
+    monkeypatch.setattr("taskwarren.app._default_app", None)
+    name = f"twsched_nojobs_{uuid.uuid4().hex[:8]}"
+    module = tmp_path / f"{name}.py"
     module.write_text("from datetime import timedelta\n"
                       "from taskwarren import task\n"
                       "@task(every=timedelta(seconds=1))\n"
                       "def beat() -> None: ...\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("TASKWARREN_URL", f"sqlite:///{tmp_path / 'broker.db'}")
-    result = CliRunner().invoke(main, ["worker", "twsched_nojobs", "-c", "1"])
+    monkeypatch.delitem(sys.modules, name, raising=False)  # undone after the test
+    result = CliRunner().invoke(main, ["worker", name, "-c", "1"])
     assert result.exit_code == 1
     assert "TASKWARREN_JOBS=on" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_scheduled_task_name_must_fit_the_store(app: Warren) -> None:
+    with pytest.raises(ConfigurationError, match="at most 235 characters"):
+        app.task(name="x" * 236, every=timedelta(seconds=5))(lambda: None)
+    app.task(name="x" * 235, every=timedelta(seconds=5))(lambda: None)
