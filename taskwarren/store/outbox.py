@@ -208,12 +208,16 @@ def outbox_row(envelope: Envelope, delay_s: float, now: float) -> tuple[Any, ...
 
 
 def write(db: object, envelopes: Sequence[Envelope], delay_s: float, *,
-          record: bool = False, unique_key: str | None = None) -> str | None:
+          record: bool = False, unique_key: str | None = None,
+          now: float | None = None) -> str | None:
     """Insert ``envelopes`` into the outbox through ``db``, in its open transaction.
 
     With ``record``, each is also born in ``taskwarren_jobs`` (``queued``, or
     ``scheduled`` when delayed), in the same transaction. With ``unique_key`` (one
-    envelope), nothing is written when a live job already holds the key.
+    envelope), nothing is written when a live job already holds the key. ``now`` is
+    when they are sent (seconds since the epoch; default: this machine's clock): the
+    scheduler gives the database's, so that a machine whose clock runs ahead does not
+    make a tick's job wait, for every other relay, until their clocks catch up.
 
     Returns:
         With ``unique_key``: the id of the job that holds the key (the new one, or the
@@ -225,7 +229,7 @@ def write(db: object, envelopes: Sequence[Envelope], delay_s: float, *,
         StoreError: the database refused the rows (the driver's error is chained).
     """
     writer = writer_for(db)
-    now = time.time()
+    now = time.time() if now is None else now
     rows = [outbox_row(e, delay_s, now) for e in envelopes]
     holder = None
     try:

@@ -315,7 +315,7 @@ class ScheduleTable:
                 continue  # decided before (the row was moved back by hand)
             if spec.overlap == "skip":
                 holder = outbox.write(raw, [envelope], 0.0, record=True,
-                                      unique_key=spec.unique_key)
+                                      unique_key=spec.unique_key, now=now)
                 if holder != envelope.message_id:
                     assert holder is not None
                     cur.execute(f"UPDATE {TICKS} SET outcome = 'skipped', task_id = {self.p} "
@@ -324,7 +324,7 @@ class ScheduleTable:
                     result.skipped.append((tick, holder))
                     continue
             else:
-                outbox.write(raw, [envelope], 0.0, record=record)
+                outbox.write(raw, [envelope], 0.0, record=record, now=now)
             result.enqueued.append((tick, envelope.message_id))
         return result
 
