@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -29,7 +30,7 @@ from taskwarren.cli import main
 from taskwarren.errors import StoreError
 from taskwarren.relays import relay_for
 from taskwarren.schedules import Scheduler, spec_of, tick_envelope, tick_task_id
-from taskwarren.store import Store, open_store
+from taskwarren.store import Store, open_store, outbox
 from taskwarren.store.schedules import TICKS_PER_PASS, ScheduleSpec, ScheduleTable
 from taskwarren.store.schema import JOBS, OUTBOX, SCHEDULES, TICKS
 from taskwarren.testing import join, project
@@ -293,6 +294,30 @@ def test_a_scheduler_paused_inside_its_transaction_cannot_fire_a_tick_twice(
         other.store.close()
     ticks = rows(store_url, f"SELECT tick_at FROM {TICKS} WHERE schedule = ?", "clock.beat")
     assert len(ticks) == len({t for (t,) in ticks})
+
+
+@pytest.mark.parametrize("store_url", ["postgresql", "mysql"], indirect=True)
+def test_a_tick_decided_on_a_machine_whose_clock_runs_ahead_is_due_at_once_for_every_relay(
+        clock: Clockwork, store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scheduler reads the database's clock; the job it writes must be due by that
+    clock too, not by its machine's: else a relay on another machine, whose clock is
+    right, leaves the tick's job in the outbox until that clock catches up."""
+    table = clock.table()
+    try:
+        table.register([clock.spec("clock.beat")])
+        start = rewind(store_url, "clock.beat", 2)
+        with monkeypatch.context() as fast:
+            fast.setattr(outbox, "time", SimpleNamespace(time=lambda: time.time() + 25.0))
+            result = clock.decide(table, "clock.beat")
+    finally:
+        table.store.close()
+    assert [t for t, _ in result.enqueued][:2] == [start + 1, start + 2]
+    relay = open_store(store_url)
+    try:
+        claimed = {row.task_id for row in relay.claim(100, 60.0)}
+    finally:
+        relay.close()
+    assert {task_id for _, task_id in result.enqueued} <= claimed
 
 
 def test_the_scheduler_loop_sleeps_until_the_next_tick_and_recovers_a_lost_store(
