@@ -12,17 +12,14 @@ import json
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
 import click
 
 from taskwarren.app import Warren
-from taskwarren.cli_jobs import printable
 from taskwarren.cli_loading import load_app
 from taskwarren.errors import ConfigurationError, StoreError, StoreNotInitializedError
-from taskwarren.schedules import check_schedules, run_scheduler, schedule_specs
-from taskwarren.store import open_store
-from taskwarren.store.schedules import ScheduleRow, ScheduleTable
+from taskwarren.schedules import check_schedules, list_schedules, run_scheduler
+from taskwarren.text import printable
 
 
 def scheduler_sidecars(app: Warren) -> list[Callable[[threading.Event], None]]:
@@ -51,10 +48,6 @@ def _time(tick: int | None) -> str:
         "%Y-%m-%d %H:%M:%S")
 
 
-def _iso(tick: int | None) -> str | None:
-    return None if tick is None else datetime.fromtimestamp(tick, UTC).isoformat()
-
-
 @click.command("schedules")
 @click.argument("modules", nargs=-1)
 @click.option("--url", default=None, help="Broker URL (default: TASKWARREN_URL).")
@@ -67,29 +60,13 @@ def schedules_command(modules: tuple[str, ...], url: str | None, as_json: bool) 
     started later) or ``not in code`` (the store knows it, MODULES do not define it).
     """
     app = load_app(modules, url)
-    specs = {s.name: s for s in schedule_specs(app)}
-    store_url = app.settings.effective_store_url
-    if store_url is None:
-        raise click.ClickException("no job store: set TASKWARREN_STORE_URL (schedules "
-                                   "live in a job store)")
-    table: ScheduleTable | None = None
     try:
-        table = ScheduleTable(open_store(store_url, app.settings.connect_timeout_s))
-        rows = {r.name: r for r in table.rows()}
+        listed = list_schedules(app)
     except StoreNotInitializedError:
         raise click.ClickException("the job store has no schedule tables: run `taskwarren "
                                    "store init`") from None
     except (StoreError, ConfigurationError) as exc:
         raise click.ClickException(str(exc)) from None
-    finally:
-        if table is not None:
-            table.store.close()
-    listed: list[dict[str, Any]] = []
-    for name in sorted(set(specs) | set(rows)):
-        spec, row = specs.get(name), rows.get(name)
-        listed.append(_entry(name, spec.spec if spec else None,
-                             spec.overlap if spec else None, row,
-                             spec.next_after if spec else None))
     if as_json:
         click.echo(json.dumps([{k: v for k, v in e.items() if not k.startswith("_")}
                                for e in listed], indent=2))
@@ -103,25 +80,3 @@ def schedules_command(modules: tuple[str, ...], url: str | None, as_json: bool) 
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for line in lines:
         click.echo("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
-
-
-def _entry(name: str, mine: str | None, overlap: str | None, row: ScheduleRow | None,
-           next_after: Callable[[int], int] | None) -> dict[str, Any]:
-    if row is None:
-        status = "new"
-    elif mine is None:
-        status = "not in code"
-    elif row.spec != mine:
-        status = "superseded"
-    else:
-        status = "active"
-    next_tick = row.next_tick if row is not None and status == "active" else None
-    if next_tick is None and next_after is not None:
-        next_tick = next_after(int(datetime.now(UTC).timestamp()))
-    entry: dict[str, Any] = {
-        "name": name, "schedule": mine if mine is not None else (row.spec if row else None),
-        "stored": row.spec if row else None, "overlap": overlap, "status": status,
-        "last_tick": _iso(row.last_tick if row else None), "next_tick": _iso(next_tick),
-        "missed": row.missed if row else 0, "last_job": row.last_job if row else None,
-        "_last": row.last_tick if row else None, "_next": next_tick}
-    return entry
