@@ -1,5 +1,5 @@
-"""The ``taskwarren`` command: worker, send, queues, dlq, topology, store, jobs, and installed
-commands.
+"""The ``taskwarren`` command: worker, send, queues, dlq, topology, store, jobs, web, and
+installed commands.
 
 Other distributions add subcommands (the email pipeline adds ``demo``): see
 :mod:`taskwarren.commands`.
@@ -27,6 +27,7 @@ from taskwarren.cli_schedules import scheduler_sidecars, schedules_command
 from taskwarren.cli_store import relay_command, store_group
 from taskwarren.cli_topology import MIGRATE as _MIGRATE
 from taskwarren.cli_topology import print_topology as _print_topology
+from taskwarren.cli_web import web_command
 from taskwarren.commands import CommandGroup
 from taskwarren.errors import ConfigurationError, TaskwarrenError
 from taskwarren.logs import configure
@@ -339,3 +340,4 @@ main.add_command(store_group)
 main.add_command(jobs_group)
 main.add_command(relay_command)
 main.add_command(schedules_command)
+main.add_command(web_command)

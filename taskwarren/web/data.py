@@ -1,0 +1,404 @@
+"""What the dashboard shows, read from the job store, the broker and the schedules.
+
+Everything here is blocking (database and broker I/O): the routes run it in a thread.
+Each reading that can fail (no store configured, a broker that does not answer) comes
+back with a ``problem`` sentence rather than an exception, so one failing source never
+blanks the whole page. The broker's figures say where they came from (``source``): the
+RabbitMQ management API, AMQP, or the embedded broker.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from taskwarren.app import Warren
+from taskwarren.brokers.capabilities import Admin, require
+from taskwarren.errors import ConfigurationError, TaskwarrenError
+from taskwarren.jobs import since_seconds
+from taskwarren.message import Envelope, decode_kwargs, failure_summary
+from taskwarren.pools import live_pools
+from taskwarren.schedules import list_schedules
+from taskwarren.store.jobs import STATES, Job
+from taskwarren.urls import AMQP_SCHEMES, parse_urls, scheme_of
+from taskwarren.web.management import ManagementAPI, ManagementError
+
+__all__ = ["Dashboard", "DeadLetter", "Filters", "JobsPage", "QueueView", "decode_cursor",
+           "encode_cursor"]
+
+T = TypeVar("T")
+
+#: Jobs per page of ``/jobs`` unless asked otherwise, and the most a page may hold.
+PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+#: Where the figures of a queue came from, as the page says it.
+SOURCES = {"management": "RabbitMQ management API", "amqp": "AMQP (passive declare)",
+           "sqlite": "embedded SQLite broker", "memory": "in-memory broker"}
+
+
+def problem_of(exc: BaseException) -> str:
+    """A one-line description of a failure, for the page (our errors hold no password)."""
+    if isinstance(exc, ConfigurationError):
+        return str(exc)
+    if isinstance(exc, TaskwarrenError):
+        return f"{type(exc).__name__}: {exc}"
+    return type(exc).__name__
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """The filters of the jobs page, checked.
+
+    Attributes:
+        state: one of the states, or ``None``.
+        task: a task name, or ``None``.
+        queue: a queue name, or ``None``.
+        since: the text given (``1h`` or an ISO-8601 time), or ``None``.
+        since_at: what it means, in seconds since the epoch.
+        limit: jobs per page.
+    """
+
+    state: str | None = None
+    task: str | None = None
+    queue: str | None = None
+    since: str | None = None
+    since_at: float | None = None
+    limit: int = PAGE_SIZE
+
+    @classmethod
+    def parse(cls, params: dict[str, str], now: float) -> Filters:
+        """The filters in a query string.
+
+        Raises:
+            ValueError: an unknown state, a bad ``since`` or ``limit`` (the message says
+                which; it quotes no input but the state names).
+        """
+        def given(name: str) -> str | None:
+            value = params.get(name, "").strip()
+            return value or None
+
+        state = given("state")
+        if state is not None and state not in STATES:
+            raise ValueError(f"unknown state; the states are {', '.join(STATES)}")
+        since = given("since")
+        since_at = None if since is None else _since(since, now)
+        limit_text = given("limit")
+        try:
+            limit = PAGE_SIZE if limit_text is None else int(limit_text)
+        except ValueError:
+            raise ValueError("limit: give a whole number") from None
+        if not 1 <= limit <= MAX_PAGE_SIZE:
+            raise ValueError(f"limit must be 1 to {MAX_PAGE_SIZE}")
+        return cls(state, given("task"), given("queue"), since, since_at, limit)
+
+    def query(self) -> dict[str, str]:
+        """The filters as query parameters (only those given)."""
+        values = {"state": self.state, "task": self.task, "queue": self.queue,
+                  "since": self.since,
+                  "limit": None if self.limit == PAGE_SIZE else str(self.limit)}
+        return {k: v for k, v in values.items() if v is not None}
+
+
+def _since(text: str, now: float) -> float:
+    try:
+        return now - since_seconds(text)
+    except ValueError:
+        pass
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError("since: give a duration (90s, 30m, 1h, 2d) or an ISO-8601 time "
+                         "(2026-12-07T10:00, read as UTC without an offset)") from None
+    return (at if at.tzinfo is not None else at.replace(tzinfo=UTC)).timestamp()
+
+
+def encode_cursor(job: Job) -> str:
+    """The keyset cursor after ``job``: its ``created_at`` and id, opaque in a URL."""
+    raw = json.dumps([job.created_at, job.id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_cursor(text: str) -> tuple[float, str]:
+    """The ``(created_at, id)`` in a cursor made by :func:`encode_cursor`.
+
+    Raises:
+        ValueError: not such a cursor.
+    """
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        created_at, task_id = json.loads(raw)
+    except (ValueError, TypeError, binascii.Error):
+        raise ValueError("malformed page cursor") from None
+    if isinstance(created_at, bool) or not isinstance(created_at, (int, float)) \
+            or not isinstance(task_id, str):
+        raise ValueError("malformed page cursor")
+    return float(created_at), task_id
+
+
+@dataclass(frozen=True, slots=True)
+class JobsPage:
+    """One page of jobs, newest first.
+
+    Attributes:
+        jobs: the jobs on it.
+        next_cursor: the cursor of the next (older) page, ``None`` on the last one.
+        problem: why there are none to show (no store, a failing one), if so.
+    """
+
+    jobs: list[Job]
+    next_cursor: str | None
+    problem: str | None = None
+
+
+@dataclass(slots=True)
+class QueueView:
+    """A queue's figures, and where they came from.
+
+    Attributes:
+        name: the queue.
+        ready: messages waiting (``None``: unknown).
+        unacked: delivered, not yet settled (``None`` where the source cannot tell).
+        consumers: consumers attached.
+        dead: messages in its dead-letter queue.
+        delayed: messages waiting out a delay for it.
+        rates: messages per second published, delivered and acked (management API only).
+        source: a key of :data:`SOURCES`.
+        note: what the reader should know about the figures (a fallback), if anything.
+        problem: why there are none, if so.
+    """
+
+    name: str
+    ready: int | None = None
+    unacked: int | None = None
+    consumers: int | None = None
+    dead: int | None = None
+    delayed: int | None = None
+    rates: dict[str, float | None] = field(default_factory=lambda: {
+        "publish": None, "deliver": None, "ack": None})
+    source: str = "amqp"
+    note: str | None = None
+    problem: str | None = None
+
+    @property
+    def source_label(self) -> str:
+        """Where the figures came from, in words."""
+        return SOURCES[self.source]
+
+    def as_json(self) -> dict[str, Any]:
+        """The figures as the JSON API gives them."""
+        values = asdict(self)
+        values["source_label"] = self.source_label
+        return values
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A dead letter as the queue page lists it (every text from the message)."""
+
+    id: str
+    task: str
+    attempt: int
+    error_type: str
+    error: str
+    failed_at: str
+    reason: str | None
+    arguments: str
+
+    @classmethod
+    def of(cls, envelope: Envelope, max_bytes: int) -> DeadLetter:
+        """The dead letter ``envelope``."""
+        error_type, error, failed_at = failure_summary(envelope)
+        try:
+            arguments = json.dumps(decode_kwargs(envelope, max_bytes), ensure_ascii=False,
+                                   default=str)
+        except TaskwarrenError:
+            arguments = envelope.body[:4096].decode("utf-8", "replace")
+        reason = envelope.headers.get("tw-reason")
+        return cls(envelope.message_id, envelope.task, envelope.attempt, error_type, error,
+                   failed_at, None if reason is None else str(reason), arguments)
+
+    def as_json(self) -> dict[str, Any]:
+        """The dead letter as the JSON API gives it."""
+        return asdict(self)
+
+
+class Cached(Generic[T]):
+    """A value read at most every ``ttl_s`` seconds; once one is known, a stale one is
+    served while a thread reads the next (``ttl_s`` 0: read each time)."""
+
+    def __init__(self, load: Callable[[], T], ttl_s: float) -> None:
+        self._load = load
+        self.ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._value: tuple[float, T | None, str | None] | None = None
+        self._refreshing = False
+
+    def get(self) -> tuple[T | None, str | None]:
+        """The value (``None`` with a problem if reading it failed) and that problem."""
+        with self._lock:
+            known = self._value
+            fresh = known is not None and time.monotonic() - known[0] < self.ttl_s
+            if known is not None and (fresh or self._refreshing):
+                return known[1], known[2]
+            if known is not None and self.ttl_s > 0:
+                self._refreshing = True
+                threading.Thread(target=self._refresh, daemon=True,
+                                 name="taskwarren-web-refresh").start()
+                return known[1], known[2]
+        return self._refresh()
+
+    def _refresh(self) -> tuple[T | None, str | None]:
+        try:
+            value: T | None = self._load()
+            problem = None
+        except Exception as exc:  # shown on the page, read again next time
+            value, problem = None, problem_of(exc)
+        with self._lock:
+            self._value = (time.monotonic(), value, problem)
+            self._refreshing = False
+        return value, problem
+
+
+class Dashboard:
+    """The dashboard's reads, over one app (its job store, broker and schedules).
+
+    Args:
+        warren: the app.
+        queues: the queues the overview shows (default: those of the app's tasks).
+        management_url: the RabbitMQ management API (``None``: AMQP only).
+        listen_s: how long to listen for worker announcements on RabbitMQ.
+        cache_s: how long counts, pools and schedules are served before being read again.
+    """
+
+    def __init__(self, warren: Warren, *, queues: Sequence[str] | None = None,
+                 management_url: str | None = None, listen_s: float = 1.5,
+                 cache_s: float = 5.0) -> None:
+        self.warren = warren
+        self.queue_names = sorted(set(queues if queues is not None else warren.queues()))
+        settings = warren.settings
+        self.management: ManagementAPI | None = None
+        if management_url is not None and settings.scheme in AMQP_SCHEMES:
+            self.management = ManagementAPI(management_url, parse_urls(settings.url)[0].vhost)
+        self.listen_s = listen_s
+        self.counts = Cached(self._counts, min(cache_s, 2.0))
+        self.pools = Cached(lambda: live_pools(self.warren.broker, self.listen_s), cache_s)
+        self.schedules = Cached(self._schedules, cache_s)
+
+    def store_problem(self) -> str | None:
+        """Why there is no job store to read, if there is none."""
+        url = self.warren.settings.effective_store_url
+        if url is None:
+            return "no job store: set TASKWARREN_STORE_URL"
+        if scheme_of(url) == "sqlite":
+            path = unquote(urlsplit(url).path[1:])
+            if path and path != ":memory:" and not os.path.exists(path):
+                return "no job store: its SQLite file does not exist"
+        return None
+
+    def _check_store(self) -> None:
+        problem = self.store_problem()
+        if problem is not None:
+            raise ConfigurationError(problem)
+
+    def _schedules(self) -> list[dict[str, Any]]:
+        self._check_store()
+        return [{k: v for k, v in e.items() if not k.startswith("_")}
+                for e in list_schedules(self.warren)]
+
+    def _counts(self) -> dict[str, int]:
+        self._check_store()
+        found = self.warren.jobs.counts()
+        return {state: found.get(state, 0) for state in STATES}
+
+    def jobs_page(self, filters: Filters, cursor: tuple[float, str] | None) -> JobsPage:
+        """A page of jobs matching ``filters``, after ``cursor`` (newest first)."""
+        problem = self.store_problem()
+        if problem is not None:
+            return JobsPage([], None, problem)
+        try:
+            found = self.warren.jobs.list(state=filters.state, task=filters.task,
+                                          queue=filters.queue, since=filters.since_at,
+                                          before=cursor, limit=filters.limit + 1)
+        except TaskwarrenError as exc:
+            return JobsPage([], None, problem_of(exc))
+        more = len(found) > filters.limit
+        jobs = found[:filters.limit]
+        return JobsPage(jobs, encode_cursor(jobs[-1]) if more else None)
+
+    def job(self, task_id: str) -> tuple[Job | None, str | None]:
+        """The job ``task_id`` (``None`` if unknown), or why it cannot be read."""
+        problem = self.store_problem()
+        if problem is not None:
+            return None, problem
+        try:
+            return self.warren.jobs.get(task_id), None
+        except TaskwarrenError as exc:
+            return None, problem_of(exc)
+
+    def queue(self, name: str) -> QueueView:
+        """The figures of queue ``name``: from the management API when configured (AMQP
+        when it fails, saying so), else from the broker."""
+        view = QueueView(name, source=self._broker_source())
+        note = None
+        if self.management is not None:
+            try:
+                found = self.management.stats(name)
+            except ManagementError as exc:
+                note = f"the management API failed ({exc}); these figures come from AMQP"
+            else:
+                view.ready, view.unacked, view.consumers = (found.ready, found.unacked,
+                                                            found.consumers)
+                view.dead, view.source = found.dead, "management"
+                view.rates = {"publish": found.publish_rate, "deliver": found.deliver_rate,
+                              "ack": found.ack_rate}
+                return view
+        try:
+            stats = require(self.warren.broker, Admin, "queue statistics").stats(name)
+        except TaskwarrenError as exc:
+            view.problem = problem_of(exc)
+        else:
+            view.ready, view.unacked, view.consumers = (stats.ready, stats.unacked,
+                                                        stats.consumers)
+            view.dead, view.delayed = stats.dead, stats.delayed
+        view.note = note
+        return view
+
+    def _broker_source(self) -> str:
+        scheme = self.warren.settings.scheme
+        return "amqp" if scheme in AMQP_SCHEMES else scheme
+
+    def dead_letters(self, name: str) -> tuple[list[DeadLetter], str | None]:
+        """The dead letters of queue ``name`` (left where they are), or why not."""
+        try:
+            found = require(self.warren.broker, Admin, "dead-letter browsing").dead_letters(
+                name)
+        except TaskwarrenError as exc:
+            return [], problem_of(exc)
+        limit = self.warren.settings.max_message_bytes
+        return [DeadLetter.of(e, limit) for e in found], None
+
+    def overview(self) -> dict[str, Any]:
+        """Everything the overview shows, as the JSON API gives it."""
+        counts, counts_problem = self.counts.get()
+        pools, pools_problem = self.pools.get()
+        schedules, schedules_problem = self.schedules.get()
+        return {
+            "jobs": {"counts": counts, "total": None if counts is None else sum(
+                counts.values()), "problem": counts_problem},
+            "queues": [self.queue(name).as_json() for name in self.queue_names],
+            "pools": {"count": None if pools is None else len(pools),
+                      "processes": None if pools is None else sum(
+                          p["children"] for p in pools), "problem": pools_problem},
+            "schedules": {"count": None if schedules is None else len(schedules),
+                          "problem": schedules_problem},
+            "generated_at": datetime.now(UTC).isoformat(),
+        }
