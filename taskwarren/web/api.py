@@ -50,8 +50,7 @@ class Api:
 
     async def queues(self, request: Request) -> Response:
         """``/api/queues``: the figures of the app's queues."""
-        dashboard = self.web.dashboard
-        views = await self.web.run(lambda: [dashboard.queue(q) for q in dashboard.queue_names])
+        views = await self.web.run(self.web.dashboard.queues)
         return JSONResponse({"queues": [v.as_json() for v in views]})
 
     async def queue(self, request: Request) -> Response:

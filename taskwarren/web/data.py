@@ -22,6 +22,8 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from taskwarren.app import Warren
+from taskwarren.brokers import make_broker
+from taskwarren.brokers.base import Broker
 from taskwarren.brokers.capabilities import Admin, require
 from taskwarren.errors import ConfigurationError, TaskwarrenError
 from taskwarren.jobs import since_seconds
@@ -271,17 +273,22 @@ class Cached(Generic[T]):
 class Dashboard:
     """The dashboard's reads, over one app (its job store, broker and schedules).
 
+    Reads from RabbitMQ go through a connection of the dashboard's own whose calls give up
+    after ``read_timeout_s`` (the app's broker waits out its publish timeout, 30 s by
+    default, which a page should not); actions use the app's broker.
+
     Args:
         warren: the app.
         queues: the queues the overview shows (default: those of the app's tasks).
         management_url: the RabbitMQ management API (``None``: AMQP only).
         listen_s: how long to listen for worker announcements on RabbitMQ.
         cache_s: how long counts, pools and schedules are served before being read again.
+        read_timeout_s: how long a read from RabbitMQ may take.
     """
 
     def __init__(self, warren: Warren, *, queues: Sequence[str] | None = None,
                  management_url: str | None = None, listen_s: float = 1.5,
-                 cache_s: float = 5.0) -> None:
+                 cache_s: float = 5.0, read_timeout_s: float = 3.0) -> None:
         self.warren = warren
         self.queue_names = sorted(set(queues if queues is not None else warren.queues()))
         settings = warren.settings
@@ -289,9 +296,33 @@ class Dashboard:
         if management_url is not None and settings.scheme in AMQP_SCHEMES:
             self.management = ManagementAPI(management_url, parse_urls(settings.url)[0].vhost)
         self.listen_s = listen_s
+        self.read_timeout_s = read_timeout_s
+        self._reader: Broker | None = None
+        self._reader_lock = threading.Lock()
         self.counts = Cached(self._counts, min(cache_s, 2.0))
-        self.pools = Cached(lambda: live_pools(self.warren.broker, self.listen_s), cache_s)
+        self.pools = Cached(lambda: live_pools(self.reader, self.listen_s), cache_s)
         self.schedules = Cached(self._schedules, cache_s)
+
+    @property
+    def reader(self) -> Broker:
+        """The broker the dashboard reads from (see the class)."""
+        settings = self.warren.settings
+        if settings.scheme not in AMQP_SCHEMES:
+            return self.warren.broker
+        with self._reader_lock:
+            if self._reader is None:
+                timeout_s = self.read_timeout_s
+                self._reader = make_broker(settings.replace(
+                    publish_timeout_s=timeout_s,
+                    connect_timeout_s=min(settings.connect_timeout_s, timeout_s)))
+            return self._reader
+
+    def close(self) -> None:
+        """Close the dashboard's own broker connection (the app's is the app's)."""
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     def store_problem(self) -> str | None:
         """Why there is no job store to read, if there is none."""
@@ -362,7 +393,7 @@ class Dashboard:
                               "ack": found.ack_rate}
                 return view
         try:
-            stats = require(self.warren.broker, Admin, "queue statistics").stats(name)
+            stats = require(self.reader, Admin, "queue statistics").stats(name)
         except TaskwarrenError as exc:
             view.problem = problem_of(exc)
         else:
@@ -372,6 +403,21 @@ class Dashboard:
         view.note = note
         return view
 
+    def queues(self) -> list[QueueView]:
+        """The figures of the overview's queues. Once the broker cannot be reached, the
+        queues after are not tried: each would wait out the read timeout again."""
+        views: list[QueueView] = []
+        down: str | None = None
+        for name in self.queue_names:
+            if down is not None:
+                views.append(QueueView(name, source=self._broker_source(), problem=down))
+                continue
+            view = self.queue(name)
+            if view.problem is not None and "BrokerConnectionError" in view.problem:
+                down = view.problem
+            views.append(view)
+        return views
+
     def _broker_source(self) -> str:
         scheme = self.warren.settings.scheme
         return "amqp" if scheme in AMQP_SCHEMES else scheme
@@ -379,8 +425,7 @@ class Dashboard:
     def dead_letters(self, name: str) -> tuple[list[DeadLetter], str | None]:
         """The dead letters of queue ``name`` (left where they are), or why not."""
         try:
-            found = require(self.warren.broker, Admin, "dead-letter browsing").dead_letters(
-                name)
+            found = require(self.reader, Admin, "dead-letter browsing").dead_letters(name)
         except TaskwarrenError as exc:
             return [], problem_of(exc)
         limit = self.warren.settings.max_message_bytes
@@ -394,7 +439,7 @@ class Dashboard:
         return {
             "jobs": {"counts": counts, "total": None if counts is None else sum(
                 counts.values()), "problem": counts_problem},
-            "queues": [self.queue(name).as_json() for name in self.queue_names],
+            "queues": [view.as_json() for view in self.queues()],
             "pools": {"count": None if pools is None else len(pools),
                       "processes": None if pools is None else sum(
                           p["children"] for p in pools), "problem": pools_problem},

@@ -113,6 +113,7 @@ class ManagementAPI:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:
                 body = answer.read(MAX_ANSWER_BYTES + 1)
         except urllib.error.HTTPError as exc:
+            exc.close()
             raise ManagementError(f"management API at {self.location}: HTTP {exc.code}") \
                 from None
         except (OSError, ValueError) as exc:  # URLError, timeouts, refused, bad URL

@@ -63,8 +63,7 @@ class Pages:
         if name:
             return RedirectResponse(f"{self.web.base(request)}/queues/{path_part(name)}",
                                     status_code=303)
-        views = await self.web.run(
-            lambda: [self.web.dashboard.queue(q) for q in self.web.dashboard.queue_names])
+        views = await self.web.run(self.web.dashboard.queues)
         return self.web.page(request, "queues.html", title="Queues", nav="queues",
                              queues=[v.as_json() for v in views])
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -111,7 +112,8 @@ def routes(web: Web) -> list[BaseRoute]:
 
 def app(warren: Warren | None = None, *, token: str | None = None,
         queues: Sequence[str] | None = None, management_url: str | None = None,
-        listen_s: float = 1.5, cache_s: float = 5.0) -> Starlette:
+        listen_s: float = 1.5, cache_s: float = 5.0,
+        read_timeout_s: float = 3.0) -> Starlette:
     """The dashboard as an ASGI application (mount it in your own, or serve it with
     ``taskwarren web``).
 
@@ -125,6 +127,8 @@ def app(warren: Warren | None = None, *, token: str | None = None,
             ``TASKWARREN_MANAGEMENT_URL``); without it queue figures come from AMQP.
         listen_s: how long to listen for worker announcements on RabbitMQ.
         cache_s: how long job counts (at most 2 s), pools and schedules are reused.
+        read_timeout_s: how long a read from RabbitMQ may take (a page waits no longer
+            on a broker that does not answer).
 
     Raises:
         ConfigurationError: a bad setting (a token that is too short, say).
@@ -136,9 +140,15 @@ def app(warren: Warren | None = None, *, token: str | None = None,
         settings = settings.replace(web_token=token)  # checked like the setting
     dashboard = Dashboard(warren, queues=queues,
                           management_url=management_url or settings.management_url,
-                          listen_s=listen_s, cache_s=cache_s)
+                          listen_s=listen_s, cache_s=cache_s, read_timeout_s=read_timeout_s)
     web = Web(dashboard, Auth(settings.web_token), environment())
-    starlette = Starlette(routes=routes(web))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        dashboard.close()
+
+    starlette = Starlette(routes=routes(web), lifespan=lifespan)
     starlette.add_middleware(SecurityHeaders)
     starlette.state.web = web
     return starlette
