@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import quote
 
 from jinja2 import Environment
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
@@ -80,10 +81,11 @@ class Web:
         return self.page(request, "message.html", status, title="Error", heading="Error",
                          message=message)
 
-    @staticmethod
-    async def run(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """``fn`` (blocking I/O) in a worker thread."""
-        return await run_in_threadpool(fn, *args, **kwargs)
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn`` (blocking I/O) on the dashboard's threads."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.dashboard.executor,
+                                          functools.partial(fn, *args, **kwargs))
 
 
 def is_api(request: Request) -> bool:

@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -42,6 +43,9 @@ T = TypeVar("T")
 #: Jobs per page of ``/jobs`` unless asked otherwise, and the most a page may hold.
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
+#: Threads that run the dashboard's blocking reads and actions (each holds a store
+#: connection once it has used one).
+THREADS = 8
 #: Where the figures of a queue came from, as the page says it.
 SOURCES = {"management": "RabbitMQ management API", "amqp": "AMQP (passive declare)",
            "sqlite": "embedded SQLite broker", "memory": "in-memory broker"}
@@ -235,11 +239,12 @@ class DeadLetter:
 
 class Cached(Generic[T]):
     """A value read at most every ``ttl_s`` seconds; once one is known, a stale one is
-    served while a thread reads the next (``ttl_s`` 0: read each time)."""
+    served while ``executor`` reads the next (``ttl_s`` 0: read each time)."""
 
-    def __init__(self, load: Callable[[], T], ttl_s: float) -> None:
+    def __init__(self, load: Callable[[], T], ttl_s: float, executor: Executor) -> None:
         self._load = load
         self.ttl_s = ttl_s
+        self._executor = executor
         self._lock = threading.Lock()
         self._value: tuple[float, T | None, str | None] | None = None
         self._refreshing = False
@@ -253,8 +258,7 @@ class Cached(Generic[T]):
                 return known[1], known[2]
             if known is not None and self.ttl_s > 0:
                 self._refreshing = True
-                threading.Thread(target=self._refresh, daemon=True,
-                                 name="taskwarren-web-refresh").start()
+                self._executor.submit(self._refresh)
                 return known[1], known[2]
         return self._refresh()
 
@@ -272,6 +276,10 @@ class Cached(Generic[T]):
 
 class Dashboard:
     """The dashboard's reads, over one app (its job store, broker and schedules).
+
+    Everything blocking runs on :attr:`executor`, a fixed pool of long-lived threads: the
+    job store connections are per thread (``app.jobs``), so a pool whose threads come and
+    go would open a connection per new thread and leave the old ones open.
 
     Reads from RabbitMQ go through a connection of the dashboard's own whose calls give up
     after ``read_timeout_s`` (the app's broker waits out its publish timeout, 30 s by
@@ -299,9 +307,12 @@ class Dashboard:
         self.read_timeout_s = read_timeout_s
         self._reader: Broker | None = None
         self._reader_lock = threading.Lock()
-        self.counts = Cached(self._counts, min(cache_s, 2.0))
-        self.pools = Cached(lambda: live_pools(self.reader, self.listen_s), cache_s)
-        self.schedules = Cached(self._schedules, cache_s)
+        #: The threads every blocking read and action runs on.
+        self.executor = ThreadPoolExecutor(THREADS, thread_name_prefix="taskwarren-web")
+        self.counts = Cached(self._counts, min(cache_s, 2.0), self.executor)
+        self.pools = Cached(lambda: live_pools(self.reader, self.listen_s), cache_s,
+                            self.executor)
+        self.schedules = Cached(self._schedules, cache_s, self.executor)
 
     @property
     def reader(self) -> Broker:
@@ -318,7 +329,9 @@ class Dashboard:
             return self._reader
 
     def close(self) -> None:
-        """Close the dashboard's own broker connection (the app's is the app's)."""
+        """Stop the threads and close the dashboard's own broker connection (the app and
+        its connections are the caller's)."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
         with self._reader_lock:
             if self._reader is not None:
                 self._reader.close()

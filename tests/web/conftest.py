@@ -77,8 +77,9 @@ class Site:
         return found
 
     def close(self) -> None:
-        """Close the client and the app's connections."""
+        """Close the client, the dashboard's threads and the app's connections."""
         self.client.close()
+        self.web.state.web.dashboard.close()
         self.app.close()
 
 
