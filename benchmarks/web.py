@@ -199,7 +199,7 @@ def measure(url: str, dialect: str, n: int, total: int) -> tuple[dict[str, dict[
     app = Warren(url="memory://", store_url=url)
     client = TestClient(web_app(app, cache_s=0))
     from taskwarren.store.jobs import Job
-    from taskwarren.web.data import encode_cursor
+    from taskwarren.web.paging import encode_cursor
 
     cursor = encode_cursor(Job(str(deep[1]), "", "", "", 0, float(deep[0]), None, None, None,
                                None, None, None, None, None, None, 0.0))

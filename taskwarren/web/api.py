@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from taskwarren.web.context import Web
-from taskwarren.web.data import Filters, decode_cursor
+from taskwarren.web.paging import Filters, decode_cursor
 
 __all__ = ["Api"]
 

@@ -9,17 +9,14 @@ RabbitMQ management API, AMQP, or the embedded broker.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import os
 import threading
-import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from taskwarren.app import Warren
@@ -27,22 +24,19 @@ from taskwarren.brokers import make_broker
 from taskwarren.brokers.base import Broker
 from taskwarren.brokers.capabilities import Admin, require
 from taskwarren.errors import ConfigurationError, TaskwarrenError
-from taskwarren.jobs import since_seconds
 from taskwarren.message import Envelope, decode_kwargs, failure_summary
 from taskwarren.pools import live_pools
 from taskwarren.schedules import list_schedules
 from taskwarren.store.jobs import STATES, Job
 from taskwarren.urls import AMQP_SCHEMES, parse_urls, scheme_of
+from taskwarren.web.cache import Cached
 from taskwarren.web.management import ManagementAPI, ManagementError
+from taskwarren.web.paging import Filters, JobsPage, encode_cursor
 
-__all__ = ["Dashboard", "DeadLetter", "Filters", "JobsPage", "QueueView", "decode_cursor",
-           "encode_cursor"]
+__all__ = ["Dashboard", "DeadLetter", "QueueView", "problem_of"]
 
 T = TypeVar("T")
 
-#: Jobs per page of ``/jobs`` unless asked otherwise, and the most a page may hold.
-PAGE_SIZE = 50
-MAX_PAGE_SIZE = 200
 #: Threads that run the dashboard's blocking reads and actions (each holds a store
 #: connection once it has used one).
 THREADS = 8
@@ -58,111 +52,6 @@ def problem_of(exc: BaseException) -> str:
     if isinstance(exc, TaskwarrenError):
         return f"{type(exc).__name__}: {exc}"
     return type(exc).__name__
-
-
-@dataclass(frozen=True, slots=True)
-class Filters:
-    """The filters of the jobs page, checked.
-
-    Attributes:
-        state: one of the states, or ``None``.
-        task: a task name, or ``None``.
-        queue: a queue name, or ``None``.
-        since: the text given (``1h`` or an ISO-8601 time), or ``None``.
-        since_at: what it means, in seconds since the epoch.
-        limit: jobs per page.
-    """
-
-    state: str | None = None
-    task: str | None = None
-    queue: str | None = None
-    since: str | None = None
-    since_at: float | None = None
-    limit: int = PAGE_SIZE
-
-    @classmethod
-    def parse(cls, params: dict[str, str], now: float) -> Filters:
-        """The filters in a query string.
-
-        Raises:
-            ValueError: an unknown state, a bad ``since`` or ``limit`` (the message says
-                which; it quotes no input but the state names).
-        """
-        def given(name: str) -> str | None:
-            value = params.get(name, "").strip()
-            return value or None
-
-        state = given("state")
-        if state is not None and state not in STATES:
-            raise ValueError(f"unknown state; the states are {', '.join(STATES)}")
-        since = given("since")
-        since_at = None if since is None else _since(since, now)
-        limit_text = given("limit")
-        try:
-            limit = PAGE_SIZE if limit_text is None else int(limit_text)
-        except ValueError:
-            raise ValueError("limit: give a whole number") from None
-        if not 1 <= limit <= MAX_PAGE_SIZE:
-            raise ValueError(f"limit must be 1 to {MAX_PAGE_SIZE}")
-        return cls(state, given("task"), given("queue"), since, since_at, limit)
-
-    def query(self) -> dict[str, str]:
-        """The filters as query parameters (only those given)."""
-        values = {"state": self.state, "task": self.task, "queue": self.queue,
-                  "since": self.since,
-                  "limit": None if self.limit == PAGE_SIZE else str(self.limit)}
-        return {k: v for k, v in values.items() if v is not None}
-
-
-def _since(text: str, now: float) -> float:
-    try:
-        return now - since_seconds(text)
-    except ValueError:
-        pass
-    try:
-        at = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError("since: give a duration (90s, 30m, 1h, 2d) or an ISO-8601 time "
-                         "(2026-12-07T10:00, read as UTC without an offset)") from None
-    return (at if at.tzinfo is not None else at.replace(tzinfo=UTC)).timestamp()
-
-
-def encode_cursor(job: Job) -> str:
-    """The keyset cursor after ``job``: its ``created_at`` and id, opaque in a URL."""
-    raw = json.dumps([job.created_at, job.id], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
-
-
-def decode_cursor(text: str) -> tuple[float, str]:
-    """The ``(created_at, id)`` in a cursor made by :func:`encode_cursor`.
-
-    Raises:
-        ValueError: not such a cursor.
-    """
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        created_at, task_id = json.loads(raw)
-    except (ValueError, TypeError, binascii.Error):
-        raise ValueError("malformed page cursor") from None
-    if isinstance(created_at, bool) or not isinstance(created_at, (int, float)) \
-            or not isinstance(task_id, str):
-        raise ValueError("malformed page cursor")
-    return float(created_at), task_id
-
-
-@dataclass(frozen=True, slots=True)
-class JobsPage:
-    """One page of jobs, newest first.
-
-    Attributes:
-        jobs: the jobs on it.
-        next_cursor: the cursor of the next (older) page, ``None`` on the last one.
-        problem: why there are none to show (no store, a failing one), if so.
-    """
-
-    jobs: list[Job]
-    next_cursor: str | None
-    problem: str | None = None
 
 
 @dataclass(slots=True)
@@ -237,43 +126,6 @@ class DeadLetter:
         return asdict(self)
 
 
-class Cached(Generic[T]):
-    """A value read at most every ``ttl_s`` seconds; once one is known, a stale one is
-    served while ``executor`` reads the next (``ttl_s`` 0: read each time)."""
-
-    def __init__(self, load: Callable[[], T], ttl_s: float, executor: Executor) -> None:
-        self._load = load
-        self.ttl_s = ttl_s
-        self._executor = executor
-        self._lock = threading.Lock()
-        self._value: tuple[float, T | None, str | None] | None = None
-        self._refreshing = False
-
-    def get(self) -> tuple[T | None, str | None]:
-        """The value (``None`` with a problem if reading it failed) and that problem."""
-        with self._lock:
-            known = self._value
-            fresh = known is not None and time.monotonic() - known[0] < self.ttl_s
-            if known is not None and (fresh or self._refreshing):
-                return known[1], known[2]
-            if known is not None and self.ttl_s > 0:
-                self._refreshing = True
-                self._executor.submit(self._refresh)
-                return known[1], known[2]
-        return self._refresh()
-
-    def _refresh(self) -> tuple[T | None, str | None]:
-        try:
-            value: T | None = self._load()
-            problem = None
-        except Exception as exc:  # shown on the page, read again next time
-            value, problem = None, problem_of(exc)
-        with self._lock:
-            self._value = (time.monotonic(), value, problem)
-            self._refreshing = False
-        return value, problem
-
-
 class Dashboard:
     """The dashboard's reads, over one app (its job store, broker and schedules).
 
@@ -309,10 +161,10 @@ class Dashboard:
         self._reader_lock = threading.Lock()
         #: The threads every blocking read and action runs on.
         self.executor = ThreadPoolExecutor(THREADS, thread_name_prefix="taskwarren-web")
-        self.counts = Cached(self._counts, min(cache_s, 2.0), self.executor)
+        self.counts = Cached(self._counts, min(cache_s, 2.0), self.executor, problem_of)
         self.pools = Cached(lambda: live_pools(self.reader, self.listen_s), cache_s,
-                            self.executor)
-        self.schedules = Cached(self._schedules, cache_s, self.executor)
+                            self.executor, problem_of)
+        self.schedules = Cached(self._schedules, cache_s, self.executor, problem_of)
 
     @property
     def reader(self) -> Broker:

@@ -9,7 +9,7 @@ from starlette.responses import RedirectResponse, Response
 
 from taskwarren.store.jobs import CANCELLABLE_STATES, STATES
 from taskwarren.web.context import Web, path_part
-from taskwarren.web.data import Filters, decode_cursor
+from taskwarren.web.paging import Filters, decode_cursor
 
 __all__ = ["RETRYABLE_STATES", "Pages"]
 
