@@ -77,6 +77,15 @@ Bearer token and ``csrf`` / ``X-CSRF-Token``):
 
 from __future__ import annotations
 
-from taskwarren.web.server import app
+#: The modules of the ``web`` extra (import names).
+_EXTRA = frozenset({"starlette", "jinja2", "multipart", "python_multipart"})
+
+try:
+    from taskwarren.web.server import app
+except ModuleNotFoundError as exc:  # say which extra, in one line
+    if exc.name is None or exc.name.split(".")[0] not in _EXTRA:
+        raise
+    raise ModuleNotFoundError(f"taskwarren.web needs the web extra ({exc.name} is missing): "
+                              "pip install 'taskwarren[web]'", name=exc.name) from None
 
 __all__ = ["app"]
