@@ -101,9 +101,11 @@ def _job_indexes(if_not_exists: str) -> list[str]:
 
 def _listing_indexes(if_not_exists: str) -> list[str]:
     # Added with the dashboard: its jobs page lists the newest jobs, of every queue or
-    # of one, a page at a time (keyset on created_at, task_id), without a sort.
+    # of one, a page at a time (keyset on created_at, task_id), without a sort. The task
+    # id is in the queue index too: SQLite, which cannot tell a rare queue from a common
+    # one, would otherwise rather walk taskwarren_jobs_created than sort ties.
     return [f"CREATE INDEX {if_not_exists}{JOBS}_created ON {JOBS} (created_at, task_id)",
-            f"CREATE INDEX {if_not_exists}{JOBS}_queue ON {JOBS} (queue, created_at)"]
+            f"CREATE INDEX {if_not_exists}{JOBS}_queue ON {JOBS} (queue, created_at, task_id)"]
 
 _SQLITE = [
     f"""CREATE TABLE IF NOT EXISTS {OUTBOX} (
