@@ -1,5 +1,5 @@
-"""The ``taskwarren`` command: worker, send, queues, dlq, topology, store, jobs, and installed
-commands.
+"""The ``taskwarren`` command: worker, send, queues, dlq, topology, store, jobs, web, and
+installed commands.
 
 Other distributions add subcommands (the email pipeline adds ``demo``): see
 :mod:`taskwarren.commands`.
@@ -13,7 +13,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -21,17 +20,19 @@ from typing import Any
 import click
 
 from taskwarren.app import Warren
-from taskwarren.brokers.capabilities import Admin, Presence, Topology, require
+from taskwarren.brokers.capabilities import Admin, Topology, require
 from taskwarren.cli_jobs import jobs_group
 from taskwarren.cli_loading import load_app, load_middleware
 from taskwarren.cli_schedules import scheduler_sidecars, schedules_command
 from taskwarren.cli_store import relay_command, store_group
 from taskwarren.cli_topology import MIGRATE as _MIGRATE
 from taskwarren.cli_topology import print_topology as _print_topology
+from taskwarren.cli_web import web_command
 from taskwarren.commands import CommandGroup
 from taskwarren.errors import ConfigurationError, TaskwarrenError
 from taskwarren.logs import configure
 from taskwarren.message import H_REASON, decode_kwargs, failure_summary
+from taskwarren.pools import live_pools
 from taskwarren.settings import Settings
 
 
@@ -189,20 +190,7 @@ def queues(queue_names: tuple[str, ...], url: str | None, as_json: bool) -> None
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def workers(url: str | None, listen: float, as_json: bool) -> None:
     """Live worker pools, discovered through the broker: host, pid, children, queues."""
-    heard = require(_broker_app(url).broker, Presence, "worker discovery").presence(listen)
-    pools: dict[tuple[str, int], dict[str, Any]] = {}
-    now = time.time()
-    for info in heard:
-        key = (str(info["host"]), int(info["pool_pid"]))
-        pool = pools.setdefault(key, {"host": key[0], "pid": key[1], "children": {},
-                                      "queues": set(), "started_at": now})
-        pool["children"][info["pid"]] = int(info["in_flight"])  # the latest wins
-        pool["queues"].update(info["queues"])
-        pool["started_at"] = min(pool["started_at"], float(info["started_at"]))
-    rows = [{"host": p["host"], "pid": p["pid"], "children": len(p["children"]),
-             "queues": sorted(p["queues"]), "in_flight": sum(p["children"].values()),
-             "uptime_s": round(now - p["started_at"], 1)} for p in pools.values()]
-    rows.sort(key=lambda r: (r["host"], r["pid"]))
+    rows = live_pools(_broker_app(url).broker, listen)
     if as_json:
         click.echo(json.dumps(rows))
         return
@@ -352,3 +340,4 @@ main.add_command(store_group)
 main.add_command(jobs_group)
 main.add_command(relay_command)
 main.add_command(schedules_command)
+main.add_command(web_command)

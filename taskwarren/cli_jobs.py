@@ -15,9 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import time
-import unicodedata
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -27,71 +25,26 @@ import click
 
 from taskwarren.app import Warren
 from taskwarren.errors import ConfigurationError, StoreError, StoreNotInitializedError
+from taskwarren.jobs import since_seconds
 from taskwarren.settings import Settings
 from taskwarren.store import open_store
 from taskwarren.store.job_table import JobTable
-from taskwarren.store.jobs import STATES, Job
+from taskwarren.store.jobs import STATES, Job, utc
+from taskwarren.text import printable
 from taskwarren.urls import scheme_of
+
+__all__ = ["MAX_LIMIT", "Since", "as_json", "job_table", "jobs_group", "printable",
+           "store_url_for", "utc"]
 
 #: The most jobs ``jobs list`` prints (as ``app.jobs.list`` allows).
 MAX_LIMIT = 10_000
-#: Seconds per unit of ``--since``.
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-#: ANSI escape sequences: CSI (``ESC [ ... final``), OSC (``ESC ] ... BEL or ESC \\``),
-#: and any other two-character escape.
-_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b.?")
-#: Unicode categories never printed raw: controls, format characters (bidi overrides,
-#: zero-width characters), surrogates, private use, line and paragraph separators.
-_HIDDEN = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
-
-
-def printable(text: object, width: int | None = None, *, lines: bool = False) -> str:
-    """``text`` safe for a terminal: escape sequences and control characters shown as
-    escapes (``\\x1b[2J``), whitespace controls as a space (a newline kept when ``lines``),
-    cut to ``width`` characters (ending ``...``) if given."""
-    raw = "" if text is None else str(text)
-    out: list[str] = []
-    pos = 0
-    for match in _ESCAPES.finditer(raw):
-        out.append(_chars(raw[pos:match.start()], lines))
-        out.append(match.group().encode("unicode_escape").decode("ascii"))
-        pos = match.end()
-    out.append(_chars(raw[pos:], lines))
-    clean = "".join(out)
-    if width is not None and len(clean) > width:
-        clean = clean[:max(width - 3, 0)] + "..."
-    return clean
-
-
-def _chars(text: str, lines: bool) -> str:
-    out = []
-    for ch in text:
-        if ch == "\n" and lines:
-            out.append(ch)
-        elif ch in "\t\n\r\v\f":
-            out.append(" ")
-        elif unicodedata.category(ch) in _HIDDEN:
-            out.append(ch.encode("unicode_escape").decode("ascii"))
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def utc(at: float | None) -> str | None:
-    """``at`` (seconds since the epoch) as an ISO-8601 UTC string, or ``None``."""
-    return None if at is None else datetime.fromtimestamp(at, UTC).isoformat()
-
-
 def _short_time(at: float | None) -> str:
     return "-" if at is None else datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def as_json(job: Job) -> dict[str, Any]:
     """``job`` as the JSON ``jobs list --json`` and ``jobs show --json`` print."""
-    values = job.as_dict()
-    for name in ("created_at", "scheduled_at", "started_at", "finished_at", "updated_at"):
-        values[name] = utc(values[name])
-    return values
+    return job.as_json()
 
 
 class Since(click.ParamType[float]):
@@ -104,11 +57,10 @@ class Since(click.ParamType[float]):
         """Seconds in ``value``; a usage error if it is not a positive number and a unit."""
         if isinstance(value, (int, float)):
             return float(value)
-        match = re.fullmatch(r"\s*(\d{1,9})\s*([smhd])\s*", str(value))
-        if match is None or int(match.group(1)) == 0:
-            self.fail(f"{printable(value, 40)!r}: give a positive whole number and a unit "
-                      "s, m, h or d (90s, 30m, 1h, 2d)", param, ctx)
-        return float(int(match.group(1)) * _UNITS[match.group(2)])
+        try:
+            return since_seconds(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 def store_url_for(settings: Settings) -> str:

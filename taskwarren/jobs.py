@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -23,7 +24,7 @@ from taskwarren.middleware.base import BROADCASTS_QUEUE
 from taskwarren.middleware.jobs import CANCEL_TASK, JobRecorder
 from taskwarren.store.database import open_store
 from taskwarren.store.drivers import lost_race
-from taskwarren.store.job_table import JobTable, ThreadTables
+from taskwarren.store.job_table import JobTable
 from taskwarren.store.jobs import (
     STATES,
     Cancelled,
@@ -32,11 +33,12 @@ from taskwarren.store.jobs import (
     encode_events,
     storable,
 )
+from taskwarren.store.thread_tables import ThreadTables
 
 if TYPE_CHECKING:
     from taskwarren.app import Warren
 
-__all__ = ["Cancelled", "Job", "Jobs"]
+__all__ = ["Cancelled", "Job", "Jobs", "since_seconds"]
 
 log = structlog.get_logger("taskwarren.jobs")
 
@@ -50,6 +52,8 @@ MAX_ARGS_IN_EVENT_BYTES = 8 * 1024 * 1024
 WORKER_STORE_WAIT_S = 5
 #: The most rows one :meth:`Jobs.list` returns.
 MAX_LIST = 10_000
+#: Seconds per unit of a duration (``90s``, ``30m``, ``1h``, ``2d``).
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 #: How many times a unique send in the app's own transaction is tried when it loses a
 #: race (a deadlock) with other senders.
 UNIQUE_TRIES = 5
@@ -96,14 +100,17 @@ class Jobs:
 
     def list(self, *, state: str | None = None, task: str | None = None,
              queue: str | None = None, since: float | None = None,
-             limit: int = 100) -> list[Job]:
-        """Jobs matching every filter given, newest first.
+             before: tuple[float, str] | None = None, limit: int = 100) -> list[Job]:
+        """Jobs matching every filter given, newest first (by ``created_at``, then task id).
 
         Args:
             state: one of :data:`~taskwarren.store.jobs.STATES`.
             task: the task's registered name.
             queue: the queue it was sent to.
             since: sent at or after this time (seconds since the epoch).
+            before: a keyset cursor, ``(created_at, id)`` of the last job of the previous
+                page: only jobs after it in this order. Pages so read have no gaps and no
+                duplicates, however many rows come and go meanwhile.
             limit: at most this many (1 to 10,000).
 
         Raises:
@@ -114,7 +121,7 @@ class Jobs:
         if not 1 <= limit <= MAX_LIST:
             raise ValueError(f"limit must be 1 to {MAX_LIST}")
         return self.table().list(state=state, task=task, queue=queue, since=since,
-                                 limit=limit)
+                                 before=before, limit=limit)
 
     def counts(self) -> dict[str, int]:
         """Jobs per state."""
@@ -271,3 +278,17 @@ class Jobs:
                              f"{table.store.scrub(str(exc))}") from exc
         assert holder is not None
         return holder
+
+
+def since_seconds(text: str) -> float:
+    """The seconds in a duration back from now: ``90s``, ``30m``, ``1h``, ``2d``.
+
+    Raises:
+        ValueError: not a positive whole number and a unit (the message says so).
+    """
+    match = re.fullmatch(r"\s*(\d{1,9})\s*([smhd])\s*", text)
+    if match is None or int(match.group(1)) == 0:
+        shown = text[:40].encode("unicode_escape").decode("ascii")
+        raise ValueError(f"{shown!r}: give a positive whole number and a unit s, m, h or d "
+                         "(90s, 30m, 1h, 2d)")
+    return float(int(match.group(1)) * _UNITS[match.group(2)])

@@ -20,6 +20,8 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import structlog
 
@@ -28,12 +30,13 @@ from taskwarren.cron import Cron, Every, rule_text
 from taskwarren.errors import ConfigurationError, StoreError
 from taskwarren.message import Envelope, encode
 from taskwarren.store import open_store
-from taskwarren.store.schedules import Pass, ScheduleSpec, ScheduleTable
+from taskwarren.store.schedules import Pass, ScheduleRow, ScheduleSpec, ScheduleTable
 from taskwarren.task import SCHEDULED_AT, Task
-from taskwarren.urls import mask_url
+from taskwarren.text import printable
+from taskwarren.urls import mask_url, scheme_of
 
-__all__ = ["Scheduler", "check_schedules", "run_scheduler", "schedule_specs",
-           "spec_of", "tick_envelope", "tick_task_id"]
+__all__ = ["Scheduler", "check_schedules", "list_schedules", "run_scheduler",
+           "schedule_specs", "spec_of", "tick_envelope", "tick_task_id"]
 
 log = structlog.get_logger("taskwarren.schedules")
 
@@ -276,3 +279,67 @@ def run_scheduler(app: Warren, stop: threading.Event) -> None:
     log.info("scheduler.started", store=mask_url(url), pid=os.getpid(),
              schedules=[s.name for s in scheduler.specs])
     scheduler.run(stop)
+
+
+def list_schedules(app: Warren, *, code_given: bool = True) -> list[dict[str, Any]]:
+    """``app``'s schedules with what the job store knows of each, and the store's schedules
+    ``app`` does not define, by name (what ``taskwarren schedules`` and the dashboard show).
+
+    Each is a dict: ``name``, ``schedule`` (this code's definition, else the stored one),
+    ``stored``, ``overlap``, ``status`` (``active``: the store holds this definition;
+    ``new``: no scheduler has run it yet; ``superseded``: the store holds another one;
+    ``not in code``; ``stored`` when ``code_given`` is False: the caller loaded no
+    code), ``last_tick`` and ``next_tick`` (ISO-8601, UTC, or ``None``),
+    ``missed``, ``last_job``; and ``_last`` / ``_next``, the same ticks in seconds.
+
+    Raises:
+        ConfigurationError: no job store, or a SQLite store file that does not exist
+            (reading it would create an empty one).
+        StoreNotInitializedError: the store has no schedule tables.
+        StoreError: it cannot be read.
+    """
+    specs = {s.name: s for s in schedule_specs(app)}
+    store_url = app.settings.effective_store_url
+    if store_url is None:
+        raise ConfigurationError("no job store: set TASKWARREN_STORE_URL (schedules "
+                                 "live in a job store)")
+    if scheme_of(store_url) == "sqlite":
+        path = unquote(urlsplit(store_url).path[1:])
+        if not os.path.exists(path):
+            raise ConfigurationError(f"no job store: the SQLite file {printable(path)!r} "
+                                     "does not exist")
+    table = ScheduleTable(open_store(store_url, app.settings.connect_timeout_s))
+    try:
+        rows = {r.name: r for r in table.rows()}
+    finally:
+        table.store.close()
+    listed: list[dict[str, Any]] = []
+    for name in sorted(set(specs) | set(rows)):
+        spec, row = specs.get(name), rows.get(name)
+        listed.append(_entry(name, spec.spec if spec else None,
+                             spec.overlap if spec else None, row,
+                             spec.next_after if spec else None, code_given))
+    return listed
+
+
+def _entry(name: str, mine: str | None, overlap: str | None, row: ScheduleRow | None,
+           next_after: Callable[[int], int] | None, code_given: bool) -> dict[str, Any]:
+    if row is None:
+        status = "new"
+    elif mine is None:
+        status = "not in code" if code_given else "stored"
+    elif row.spec != mine:
+        status = "superseded"
+    else:
+        status = "active"
+    next_tick = row.next_tick if row is not None and status in ("active", "stored") else None
+    if next_tick is None and next_after is not None:
+        next_tick = next_after(int(datetime.now(UTC).timestamp()))
+    last_tick = row.last_tick if row else None
+    return {
+        "name": name, "schedule": mine if mine is not None else (row.spec if row else None),
+        "stored": row.spec if row else None, "overlap": overlap, "status": status,
+        "last_tick": None if last_tick is None else _iso(last_tick),
+        "next_tick": None if next_tick is None else _iso(next_tick),
+        "missed": row.missed if row else 0, "last_job": row.last_job if row else None,
+        "_last": last_tick, "_next": next_tick}

@@ -51,7 +51,11 @@ _ENV_FIELDS = {
     "TASKWARREN_JOB_RETENTION_S": "job_retention_s",
     "TASKWARREN_JOBS_QUEUE": "jobs_queue",
     "TASKWARREN_SCHEDULE_CATCH_UP_S": "schedule_catch_up_s",
+    "TASKWARREN_WEB_TOKEN": "web_token",
+    "TASKWARREN_MANAGEMENT_URL": "management_url",
 }
+#: The shortest dashboard token accepted (characters).
+MIN_WEB_TOKEN_CHARS = 16
 #: Prefixes of variables that belong to the test suite or benchmarks, not to settings.
 _ENV_IGNORED_PREFIXES = ("TASKWARREN_TEST_", "TASKWARREN_BENCH_")
 #: The names Kubernetes gives a Service's link variables (``enableServiceLinks``, on by
@@ -102,6 +106,12 @@ class Settings(BaseModel):
         schedule_catch_up_s: a schedule's ticks missed while no scheduler ran are
             enqueued, once each, if they are at most this old; older ones are skipped
             and reported. At least 10 s: a scheduler is always a little late.
+        web_token: the secret that unlocks the dashboard's actions (``taskwarren web``);
+            without it the dashboard is read-only. Never logged or shown.
+        management_url: the RabbitMQ management HTTP API
+            (``http://user:password@rabbit:15672/``), which the dashboard reads queue
+            depths, rates and consumers from; without it, or when it fails, what AMQP
+            tells. Its password is never shown.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -122,6 +132,8 @@ class Settings(BaseModel):
     job_retention_s: float = Field(default=7 * 24 * 3600.0, ge=0)
     jobs_queue: str | None = None
     schedule_catch_up_s: float = Field(default=3600.0, ge=10)
+    web_token: str | None = Field(default=None, repr=False)
+    management_url: str | None = None
 
     @classmethod
     def from_env(
@@ -182,10 +194,27 @@ class Settings(BaseModel):
                 "(MySQL 8 or MariaDB 10.6+) or sqlite:///")
         return url
 
+    @field_validator("web_token")
+    @classmethod
+    def _check_web_token(cls, token: str | None) -> str | None:
+        if token is not None and len(token) < MIN_WEB_TOKEN_CHARS:
+            raise ConfigurationError(f"TASKWARREN_WEB_TOKEN is too short: give at least "
+                                     f"{MIN_WEB_TOKEN_CHARS} characters (a random one: "
+                                     "python -c 'import secrets; print(secrets.token_urlsafe())')")
+        return token
+
+    @field_validator("management_url")
+    @classmethod
+    def _check_management_url(cls, url: str | None) -> str | None:
+        if url is not None and scheme_of(url) not in ("http", "https"):
+            raise ConfigurationError(f"TASKWARREN_MANAGEMENT_URL {mask_url(url)!r}: give the "
+                                     "management API's http:// or https:// URL")
+        return url
+
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # repr() and str() of settings end up in logs and tracebacks: no password.
         for name, value in super().__repr_args__():
-            masked = name in ("url", "store_url") and isinstance(value, str)
+            masked = name in ("url", "store_url", "management_url") and isinstance(value, str)
             yield name, mask_url(value) if masked else value
 
     @property

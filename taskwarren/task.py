@@ -301,8 +301,7 @@ def _check_subscriber(name: str, signature: inspect.Signature) -> None:
 
 #: The parameter of a scheduled task that receives its tick's nominal time.
 SCHEDULED_AT = "scheduled_at"
-#: The longest name of a scheduled task: the store keys its schedule by name (255
-#: characters), and its live job holds a ``unique_key`` of 255 with a prefix of 20.
+#: The longest scheduled task name: its job's ``unique_key`` is 20 characters more, of 255.
 MAX_SCHEDULE_NAME = 235
 
 

@@ -35,7 +35,7 @@ from taskwarren.brokers.base import ACK
 from taskwarren.errors import StoreError
 from taskwarren.message import MAX_TASK_ID_BYTES, clip, clip_start
 from taskwarren.middleware.base import Middleware, TaskRun, describe
-from taskwarren.store.job_table import JobTable, ThreadTables
+from taskwarren.store.job_table import JobTable
 from taskwarren.store.jobs import (
     MAX_ERROR_CHARS,
     MAX_TRACEBACK_CHARS,
@@ -45,6 +45,7 @@ from taskwarren.store.jobs import (
     envelope_epoch,
     storable,
 )
+from taskwarren.store.thread_tables import ThreadTables
 
 if TYPE_CHECKING:
     from taskwarren.brokers.base import Consumer, Delivery

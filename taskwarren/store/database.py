@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 from taskwarren.errors import ConfigurationError, StoreError, StoreNotInitializedError
 from taskwarren.store.drivers import IO_TIMEOUT_S, SQLiteTx, check_version, missing_driver
 from taskwarren.store.outbox import MISSING_TABLES, NOTIFY_CHANNEL
-from taskwarren.store.schema import OUTBOX, REJECTED, Dialect, ddl, is_missing_table
+from taskwarren.store.schema import OUTBOX, REJECTED, Dialect, ddl, is_missing_table, upgrade
 from taskwarren.urls import mask_url, scheme_of
 
 _COLUMNS = "id, task_id, queue, task, headers, body, content_type, enqueued_at"
@@ -142,6 +142,7 @@ class Store:
         with self.cursor() as cur:
             for statement in ddl(self.dialect):
                 cur.execute(statement)
+            upgrade(cur, self.dialect)
             self.conn.commit()
 
     def check(self) -> None:

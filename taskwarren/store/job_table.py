@@ -9,10 +9,8 @@ repeated events change nothing.
 
 from __future__ import annotations
 
-import os
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from taskwarren.message import encode
@@ -201,8 +199,11 @@ class JobTable:
 
     def list(self, *, state: str | None = None, task: str | None = None,
              queue: str | None = None, since: float | None = None,
-             limit: int = 100) -> list[Job]:
-        """Jobs matching every filter given, newest first, at most ``limit``."""
+             before: tuple[float, str] | None = None, limit: int = 100) -> list[Job]:
+        """Jobs matching every filter given, newest first (``created_at``, then task id,
+        both descending), at most ``limit``; with ``before`` (a job's ``created_at`` and
+        id), only those after it in that order (keyset pagination: an index range, never
+        an offset)."""
         where: list[str] = []
         params: list[Any] = []
         for column, value in (("state", state), ("task", task), ("queue", queue)):
@@ -212,10 +213,16 @@ class JobTable:
         if since is not None:
             where.append(f"created_at >= {self.p}")
             params.append(since)
+        if before is not None:
+            # Spelt so every database sees a range on created_at (a row comparison is
+            # not one on MariaDB), the task id deciding only among equal times.
+            where.append(f"created_at <= {self.p} AND (created_at < {self.p} OR "
+                         f"task_id < {self.p})")
+            params.extend((float(before[0]), float(before[0]), str(before[1])))
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         with self.store.cursor() as cur:
             cur.execute(f"SELECT {_JOB_COLUMNS} FROM {JOBS}{clause} ORDER BY created_at DESC, "
-                        f"task_id LIMIT {self.p}", (*params, int(limit)))
+                        f"task_id DESC LIMIT {self.p}", (*params, int(limit)))
             rows = cur.fetchall()
             self.store.conn.commit()
         return [_job(r) for r in rows]
@@ -353,46 +360,3 @@ def _job(r: Sequence[Any]) -> Job:
                started_at=real(r[7]), finished_at=real(r[8]), duration_s=real(r[9]),
                worker=r[10], error=r[11], traceback=r[12], args=r[13], unique_key=r[14],
                updated_at=float(r[15]))
-
-
-class ThreadTables:
-    """A :class:`JobTable` per thread (and per process: a forked child opens its own),
-    opened by ``open_table`` on first use."""
-
-    def __init__(self, open_table: Callable[[], JobTable]) -> None:
-        self._open_table = open_table
-        self._local = threading.local()
-        self._opened: list[JobTable] = []
-        self._lock = threading.Lock()
-
-    def get(self) -> JobTable:
-        """This thread's table.
-
-        Raises:
-            StoreError: the store cannot be reached.
-        """
-        table: JobTable | None = getattr(self._local, "table", None)
-        if table is None or self._local.pid != os.getpid():
-            table = self._open_table()
-            self._local.table, self._local.pid = table, os.getpid()
-            with self._lock:
-                self._opened.append(table)
-        return table
-
-    def forget(self) -> None:
-        """Close this thread's table (after a failure); the next :meth:`get` opens another."""
-        table: JobTable | None = getattr(self._local, "table", None)
-        self._local.table = None
-        if table is not None:
-            with self._lock:
-                if table in self._opened:
-                    self._opened.remove(table)
-            table.store.close()
-
-    def close(self) -> None:
-        """Close every thread's table."""
-        with self._lock:
-            opened, self._opened = self._opened, []
-        for table in opened:
-            table.store.close()
-        self._local = threading.local()

@@ -20,6 +20,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from taskwarren.message import MAX_TASK_ID_BYTES, Envelope, clip, encode
@@ -226,6 +227,23 @@ class Job:
     def as_dict(self) -> dict[str, Any]:
         """The row as plain JSON-ready values."""
         return asdict(self)
+
+    def as_json(self) -> dict[str, Any]:
+        """The row as ``taskwarren jobs show --json`` and the dashboard's API give it: times
+        as ISO-8601 strings in UTC, or ``None``."""
+        values = self.as_dict()
+        for name in _TIMES:
+            values[name] = utc(values[name])
+        return values
+
+
+#: The time columns of a :class:`Job`.
+_TIMES = ("created_at", "scheduled_at", "started_at", "finished_at", "updated_at")
+
+
+def utc(at: float | None) -> str | None:
+    """``at`` (seconds since the epoch) as an ISO-8601 UTC string, or ``None``."""
+    return None if at is None else datetime.fromtimestamp(at, UTC).isoformat()
 
 
 class Start(NamedTuple):

@@ -382,17 +382,6 @@ class ScheduleTable:
                             None if r[8] is None else str(r[8]), int(r[9]), float(r[10]))
                 for r in found]
 
-    def ticks(self, name: str, after: int, until: int) -> list[tuple[int, str, str | None]]:
-        """The decided ticks of ``name`` in (``after``, ``until``]: (tick, outcome, task id)."""
-        p = self.p
-        with self.store.cursor() as cur:
-            cur.execute(f"SELECT tick_at, outcome, task_id FROM {TICKS} WHERE schedule = {p} "
-                        f"AND tick_at > {p} AND tick_at <= {p} ORDER BY tick_at",
-                        (name, after, until))
-            found = cur.fetchall()
-            self.store.conn.commit()
-        return [(int(t), str(o), None if i is None else str(i)) for t, o, i in found]
-
     def check(self) -> None:
         """Fail now, with the clear error, if the schedule tables are missing."""
         with self.store.cursor() as cur:

@@ -26,7 +26,7 @@ once only. Ticks are whole seconds since the epoch (UTC), exact on every databas
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 Dialect = Literal["sqlite", "postgresql", "mysql"]
 
@@ -99,7 +99,17 @@ def _schedule_tables(name: str, real: str, text: str, suffix: str = "",
 def _job_indexes(if_not_exists: str) -> list[str]:
     return [f"CREATE INDEX {if_not_exists}{JOBS}_state ON {JOBS} (state, created_at)",
             f"CREATE INDEX {if_not_exists}{JOBS}_task ON {JOBS} (task, created_at)",
-            f"CREATE INDEX {if_not_exists}{JOBS}_finished ON {JOBS} (finished_at)"]
+            f"CREATE INDEX {if_not_exists}{JOBS}_finished ON {JOBS} (finished_at)",
+            *_listing_indexes(if_not_exists)]
+
+
+def _listing_indexes(if_not_exists: str) -> list[str]:
+    # Added with the dashboard: its jobs page lists the newest jobs, of every queue or
+    # of one, a page at a time (keyset on created_at, task_id), without a sort. The task
+    # id is in the queue index too: SQLite, which cannot tell a rare queue from a common
+    # one, would otherwise rather walk taskwarren_jobs_created than sort ties.
+    return [f"CREATE INDEX {if_not_exists}{JOBS}_created ON {JOBS} (created_at, task_id)",
+            f"CREATE INDEX {if_not_exists}{JOBS}_queue ON {JOBS} (queue, created_at, task_id)"]
 
 _SQLITE = [
     f"""CREATE TABLE IF NOT EXISTS {OUTBOX} (
@@ -228,6 +238,27 @@ _DDL: dict[Dialect, list[str]] = {"sqlite": _SQLITE, "postgresql": _POSTGRESQL, 
 def ddl(dialect: Dialect) -> list[str]:
     """The statements that create taskwarren's tables on ``dialect`` (each idempotent)."""
     return list(_DDL[dialect])
+
+
+def upgrades(dialect: Dialect) -> list[str]:
+    """Statements that bring tables made by an earlier release up to date, where
+    :func:`ddl` cannot: MySQL has no ``CREATE INDEX IF NOT EXISTS``, so an index added
+    since is created by :func:`upgrade`."""
+    return _listing_indexes("") if dialect == "mysql" else []
+
+
+#: MySQL's error "duplicate key name": the index an upgrade adds exists already.
+MYSQL_DUPLICATE_KEY_NAME = 1061
+
+
+def upgrade(cursor: Any, dialect: Dialect) -> None:
+    """Run :func:`upgrades` on ``cursor``; an index that exists already is no error."""
+    for statement in upgrades(dialect):
+        try:
+            cursor.execute(statement)
+        except Exception as exc:
+            if getattr(exc, "args", (None,))[:1] != (MYSQL_DUPLICATE_KEY_NAME,):
+                raise
 
 
 #: The columns the application's transaction writes, in order.

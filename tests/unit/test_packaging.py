@@ -58,6 +58,9 @@ def test_the_taskwarren_wheel_installs_no_top_level_workers_package(tmp_path: Pa
     assert "workers" not in names
     assert {n for n in names if not n.endswith(".dist-info")} == {"taskwarren"}
     assert "taskwarren/py.typed" in wheel.namelist()
+    # The dashboard's templates and assets are read from the package at run time.
+    assert {"taskwarren/web/templates/base.html", "taskwarren/web/static/dashboard.css",
+            "taskwarren/web/static/dashboard.js"} <= set(wheel.namelist())
 
 
 def test_the_email_pipeline_wheel_registers_the_demo_command(tmp_path: Path) -> None:

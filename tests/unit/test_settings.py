@@ -116,3 +116,25 @@ def test_the_embedded_broker_is_its_own_store_and_rabbitmq_has_none_by_default()
     assert Settings.from_env({"TASKWARREN_URL": "sqlite:///x.db"}).effective_store_url == \
         "sqlite:///x.db"
     assert Settings.from_env({"TASKWARREN_URL": "amqp://h/%2F"}).effective_store_url is None
+
+
+def test_the_web_token_is_read_never_shown_and_must_be_long_enough() -> None:
+    token = "a-long-dashboard-token-42"
+    settings = Settings.from_env({"TASKWARREN_WEB_TOKEN": token})
+
+    assert settings.web_token == token
+    assert token not in repr(settings) and token not in str(settings)
+    with pytest.raises(ConfigurationError, match="at least 16 characters") as caught:
+        Settings.from_env({"TASKWARREN_WEB_TOKEN": "shorty"})
+    assert "shorty" not in str(caught.value)
+
+
+def test_the_management_url_is_read_masked_and_must_be_http() -> None:
+    url = "http://ops:mgmt-secret@rabbit:15672/"
+    settings = Settings.from_env({"TASKWARREN_MANAGEMENT_URL": url})
+
+    assert settings.management_url == url
+    assert "mgmt-secret" not in repr(settings)
+    with pytest.raises(ConfigurationError, match="http:// or https://") as caught:
+        Settings.from_env({"TASKWARREN_MANAGEMENT_URL": "amqp://ops:mgmt-secret@rabbit/"})
+    assert "mgmt-secret" not in str(caught.value)

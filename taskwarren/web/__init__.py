@@ -1,0 +1,91 @@
+"""The dashboard: queues, workers, jobs, dead letters and schedules on one site.
+
+``taskwarren web [--host 127.0.0.1] [--port 8080] [MODULES...]`` serves it; or mount
+:func:`app` in an ASGI application of your own. It needs the ``web`` extra
+(``pip install 'taskwarren[web]'``: Starlette, Jinja2, uvicorn, python-multipart).
+Pages are rendered on the server; one small script (no build step, no CDN) refreshes
+the overview's counters. Everything that came from a message is escaped.
+
+Reading needs nothing; acting needs the token (``TASKWARREN_WEB_TOKEN``), a session or
+``Authorization: Bearer``, and a CSRF token (see :mod:`taskwarren.web.auth`). Without a
+token the dashboard is read-only and every action route answers 403.
+
+Pages (GET):
+
+==============================  ==========================================================
+``/``                           overview: jobs per state, the app's queues (ready, unacked,
+                                consumers, dead), live pools, schedules; counters refresh
+``/jobs``                       jobs newest first; ``state``, ``task``, ``queue``, ``since``
+                                (``1h`` or ISO-8601), ``limit`` (1-200, 50), ``before`` (the
+                                keyset cursor of the next page)
+``/jobs/<id>``                  one job: arguments, attempt, timings, worker, error, traceback
+``/queues``                     the app's queues (``?name=Q`` opens queue Q)
+``/queues/<name>``              its figures and their source, its dead letters (``?task=``)
+``/queues/<name>/purge``        how many dead letters a purge deletes, and its confirm form
+``/workers``                    live worker pools
+``/schedules``                  schedules: status, last and next tick, missed ticks
+``/login``                      the token form
+``/healthz``                    ``{"status": "ok"}``
+``/static/<name>``              ``dashboard.css``, ``dashboard.js``
+==============================  ==========================================================
+
+JSON API (GET; errors are ``{"error": "..."}`` with a 4xx/5xx status):
+
+==============================  ==========================================================
+``/api/overview``               ``{"jobs": {"counts": {state: n}, "total", "problem"},
+                                "queues": [queue], "pools": {"count", "processes",
+                                "problem"}, "schedules": {"count", "problem"},
+                                "generated_at"}``
+``/api/jobs``                   ``{"jobs": [job], "next": cursor or null}`` (the filters
+                                of ``/jobs``)
+``/api/jobs/<id>``              a job: ``id, task, queue, state, attempt, created_at,
+                                scheduled_at, started_at, finished_at, duration_s, worker,
+                                error, traceback, args, unique_key, updated_at`` (times
+                                ISO-8601 UTC or null), as ``taskwarren jobs show --json``
+``/api/queues``                 ``{"queues": [queue]}``; a queue is ``{"name", "ready",
+                                "unacked", "consumers", "dead", "delayed", "rates":
+                                {"publish", "deliver", "ack"}, "source", "source_label",
+                                "note", "problem"}`` (null: unknown; rates only from the
+                                management API)
+``/api/queues/<name>``          ``{"queue": queue, "dead_letters": [{"id", "task",
+                                "attempt", "error_type", "error", "failed_at", "reason",
+                                "arguments"}], "dead_letters_problem"}``
+``/api/workers``                ``{"pools": [{"host", "pid", "children", "queues",
+                                "in_flight", "uptime_s"}], "problem"}``
+``/api/schedules``              ``{"schedules": [{"name", "schedule", "stored", "overlap",
+                                "status", "last_tick", "next_tick", "missed",
+                                "last_job"}], "problem"}``
+``/api/session``                ``{"read_only", "logged_in", "csrf"}``
+==============================  ==========================================================
+
+Actions (POST; form fields, or a JSON object under ``/api/``; each needs the session or
+Bearer token and ``csrf`` / ``X-CSRF-Token``):
+
+==========================================  ==============================================
+``/login``                                  ``token``, ``csrf``, ``next``: sets the session
+``/logout``                                 ends it
+``/jobs/<id>/cancel``, ``/api/...``         ``app.jobs.cancel_job``: ``{"done", "state",
+                                            "message"}`` (409 when it will still run)
+``/jobs/<id>/retry``, ``/api/...``          ``app.jobs.retry``: ``{"done", "state",
+                                            "message"}`` (409 unless dead or cancelled)
+``/queues/<name>/replay``, ``/api/...``     ``id`` (repeated) or ``all=1``:
+                                            ``Admin.replay_dead``: ``{"done", "count"}``
+``/queues/<name>/purge``, ``/api/...``      the same and ``confirm=yes``:
+                                            ``Admin.purge_dead``: ``{"done", "count"}``
+==========================================  ==============================================
+"""
+
+from __future__ import annotations
+
+#: The modules of the ``web`` extra (import names).
+_EXTRA = frozenset({"starlette", "jinja2", "multipart", "python_multipart"})
+
+try:
+    from taskwarren.web.server import app
+except ModuleNotFoundError as exc:  # say which extra, in one line
+    if exc.name is None or exc.name.split(".")[0] not in _EXTRA:
+        raise
+    raise ModuleNotFoundError(f"taskwarren.web needs the web extra ({exc.name} is missing): "
+                              "pip install 'taskwarren[web]'", name=exc.name) from None
+
+__all__ = ["app"]

@@ -1,0 +1,249 @@
+"""The dashboard's actions: POST only, each behind the token and a CSRF token, each logged.
+
+They go through the code the command line uses: ``app.jobs.cancel_job`` and
+``app.jobs.retry`` (``taskwarren jobs cancel|retry``), and the broker's
+:class:`~taskwarren.brokers.capabilities.Admin` ``replay_dead`` / ``purge_dead``
+(``taskwarren dlq replay|purge``). Every attempt is logged as ``web.action`` with the
+action, its target, the outcome and the client's address (never the token).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+from taskwarren.brokers.capabilities import Admin, require
+from taskwarren.errors import TaskwarrenError
+from taskwarren.web.auth import CSRF_FIELD, CSRF_HEADER, Session
+from taskwarren.web.context import Web, client_of, is_api, loggable, path_part
+from taskwarren.web.data import problem_of
+
+__all__ = ["Actions"]
+
+log = structlog.get_logger("taskwarren.web")
+
+#: The most dead-letter ids one request may name.
+MAX_IDS = 10_000
+#: The largest JSON body an API action reads.
+MAX_JSON_BYTES = 1024 * 1024
+
+
+class Refused(Exception):
+    """An action refused before anything was done.
+
+    Args:
+        status: the HTTP status to answer.
+        reason: why, for the visitor and the log (holds no secret).
+    """
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason
+
+
+class Actions:
+    """The POST handlers, over the shared :class:`Web` parts."""
+
+    def __init__(self, web: Web) -> None:
+        self.web = web
+
+    async def _fields(self, request: Request) -> dict[str, Any]:
+        """The request's fields: a JSON object, or the form (``id`` as a list)."""
+        if request.headers.get("content-type", "").startswith("application/json"):
+            body = await request.body()
+            if len(body) > MAX_JSON_BYTES:
+                raise Refused(413, "request body too large")
+            try:
+                found = json.loads(body or b"{}")
+            except ValueError:
+                raise Refused(400, "the body is not JSON") from None
+            if not isinstance(found, dict):
+                raise Refused(400, "the body is not a JSON object")
+            return found
+        form = await request.form(max_files=0, max_fields=MAX_IDS + 10)
+        fields: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str)}
+        fields["ids"] = [v for v in form.getlist("id") if isinstance(v, str)]
+        return fields
+
+    def _authorize(self, request: Request, fields: dict[str, Any]) -> Session:
+        auth = self.web.auth
+        if not auth.enabled:
+            raise Refused(403, "the dashboard is read-only: start it with "
+                               "TASKWARREN_WEB_TOKEN set to allow actions")
+        session = auth.session(request)
+        if session is None or not session.logged_in:
+            raise Refused(403, "log in first (or send Authorization: Bearer <token>)")
+        given = fields.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER)
+        if not isinstance(given, str) or not auth.csrf_ok(session, given):
+            raise Refused(403, "missing or wrong CSRF token (reload the page; API clients "
+                               "read theirs from GET /api/session)")
+        return session
+
+    async def _act(self, request: Request, action: str, target: str,
+                   do: Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]) -> Response:
+        """Authorize, run ``do`` (blocking) in a thread, log, answer JSON or a page."""
+        client = client_of(request)
+        try:
+            fields = await self._fields(request)
+            self._authorize(request, fields)
+            status, result = await self.web.run(do, fields)
+        except Refused as refused:
+            log.warning("web.action", action=action, target=loggable(target),
+                        outcome="refused", reason=refused.reason, client=client)
+            return self.web.error(request, refused.status, refused.reason)
+        except TaskwarrenError as exc:
+            log.warning("web.action", action=action, target=loggable(target),
+                        outcome="failed", error=problem_of(exc), client=client)
+            return self.web.error(request, 503, problem_of(exc))
+        log.info("web.action", action=action, target=loggable(target),
+                 outcome="done" if status < 400 else "not done",
+                 detail=loggable(str(result.get("message", ""))), client=client)
+        if is_api(request):
+            return JSONResponse(result, status_code=status)
+        return self.web.page(request, "done.html", status, title=action, action=action,
+                             result=result, back=result.get("back", "/"))
+
+    async def cancel(self, request: Request) -> Response:
+        """Cancel a job (``app.jobs.cancel_job``)."""
+        task_id = request.path_params["job_id"]
+        back = f"/jobs/{path_part(task_id)}"
+
+        def do(fields: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+            outcome = self.web.dashboard.warren.jobs.cancel_job(task_id)
+            return (200 if outcome.done else 409,
+                    {"done": outcome.done, "state": outcome.state, "message": outcome.how,
+                     "back": back})
+
+        return await self._act(request, "cancel", task_id, do)
+
+    async def retry(self, request: Request) -> Response:
+        """Run a dead or cancelled job again (``app.jobs.retry``)."""
+        task_id = request.path_params["job_id"]
+        back = f"/jobs/{path_part(task_id)}"
+
+        def do(fields: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+            try:
+                job = self.web.dashboard.warren.jobs.retry(task_id)
+            except LookupError as exc:
+                return 409, {"done": False, "message": str(exc.args[0] if exc.args else exc),
+                             "back": back}
+            return 200, {"done": True, "state": job.state, "back": back,
+                         "message": f"{job.state} again (attempt {job.attempt}); the outbox "
+                                    "relay publishes it"}
+
+        return await self._act(request, "retry", task_id, do)
+
+    def _chosen(self, fields: dict[str, Any]) -> list[str] | None:
+        """The dead letters a request names: ``None`` for all, else their ids."""
+        every = fields.get("all")
+        if every is True or every in ("1", "yes", "true"):
+            return None
+        ids = fields.get("ids")
+        if not isinstance(ids, list) or not ids or len(ids) > MAX_IDS \
+                or not all(isinstance(i, str) for i in ids):
+            raise Refused(400, f"name the dead letters: id (1 to {MAX_IDS} of them) or all")
+        return ids
+
+    async def replay(self, request: Request) -> Response:
+        """Send dead letters back to their queue, attempts reset (``Admin.replay_dead``)."""
+        name = request.path_params["name"]
+        back = f"/queues/{path_part(name)}"
+
+        def do(fields: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+            ids = self._chosen(fields)
+            admin = require(self.web.dashboard.warren.broker, Admin, "dead-letter handling")
+            n = admin.replay_dead(name, ids)
+            return 200, {"done": True, "count": n, "message": f"replayed {n}", "back": back}
+
+        return await self._guarded(request, "replay", name, do)
+
+    async def purge(self, request: Request) -> Response:
+        """Delete dead letters (``Admin.purge_dead``); needs ``confirm`` (the page that
+        asks for it shows how many would go)."""
+        name = request.path_params["name"]
+        back = f"/queues/{path_part(name)}"
+
+        def do(fields: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+            ids = self._chosen(fields)
+            if fields.get("confirm") not in (True, "yes"):
+                raise Refused(400, "purging deletes messages for good: confirm it "
+                                   "(confirm=yes)")
+            admin = require(self.web.dashboard.warren.broker, Admin, "dead-letter handling")
+            n = admin.purge_dead(name, ids)
+            return 200, {"done": True, "count": n, "message": f"purged {n}", "back": back}
+
+        return await self._guarded(request, "purge", name, do)
+
+    async def _guarded(self, request: Request, action: str, target: str,
+                       do: Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]) -> Response:
+        # A Refused raised inside ``do`` (bad ids, no confirm) comes back through the
+        # thread: answer it as one raised before.
+        def checked(fields: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+            try:
+                return do(fields)
+            except Refused as refused:
+                return refused.status, {"done": False, "message": refused.reason,
+                                        "error": refused.reason}
+
+        return await self._act(request, action, target, checked)
+
+    async def login(self, request: Request) -> Response:
+        """Check the token; on success, a new logged-in session cookie and back to where
+        the visitor was going."""
+        auth = self.web.auth
+        client = client_of(request)
+        try:
+            fields = await self._fields(request)
+            if not auth.enabled:
+                raise Refused(403, "the dashboard is read-only: there is nothing to log in to")
+            session = auth.session(request)
+            given = fields.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER)
+            if session is None or not isinstance(given, str) or not auth.csrf_ok(session,
+                                                                               given):
+                raise Refused(403, "missing or wrong CSRF token: reload the login page")
+            token = fields.get("token")
+            if not isinstance(token, str) or not auth.token_matches(token):
+                raise Refused(403, "wrong token")
+        except Refused as refused:
+            log.warning("web.action", action="login", target="-", outcome="refused",
+                        reason=refused.reason, client=client)
+            return self.web.error(request, refused.status, refused.reason)
+        log.info("web.action", action="login", target="-", outcome="done", client=client)
+        _, value = auth.new_session(logged_in=True)
+        response = RedirectResponse(self.web.base(request) + _local(fields.get("next")),
+                                    status_code=303)
+        auth.set_cookie(request, response, value)
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        """End the session."""
+        try:
+            fields = await self._fields(request)
+            self._authorize(request, fields)
+        except Refused as refused:
+            log.warning("web.action", action="logout", target="-", outcome="refused",
+                        reason=refused.reason, client=client_of(request))
+            return self.web.error(request, refused.status, refused.reason)
+        log.info("web.action", action="logout", target="-", outcome="done",
+                 client=client_of(request))
+        response = RedirectResponse(self.web.base(request) + "/", status_code=303)
+        self.web.auth.clear_cookie(request, response)
+        return response
+
+
+def _local(target: object) -> str:
+    """``target`` if it is a path of this site, else ``/`` (no open redirect)."""
+    if not isinstance(target, str) or not target.startswith("/") or target.startswith("//") \
+            or "\\" in target:
+        return "/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return "/"
+    return target

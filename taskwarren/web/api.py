@@ -1,0 +1,82 @@
+"""The dashboard's JSON API for reading (``GET /api/...``); its actions are in
+:mod:`taskwarren.web.actions`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from taskwarren.web.context import Web
+from taskwarren.web.paging import Filters, decode_cursor
+
+__all__ = ["Api"]
+
+
+class Api:
+    """The JSON read handlers, over the shared :class:`Web` parts."""
+
+    def __init__(self, web: Web) -> None:
+        self.web = web
+
+    async def overview(self, request: Request) -> Response:
+        """``/api/overview``: what the overview shows (the live counters poll it)."""
+        return JSONResponse(await self.web.run(self.web.dashboard.overview))
+
+    async def jobs(self, request: Request) -> Response:
+        """``/api/jobs``: a page of jobs and the cursor of the next one."""
+        params = dict(request.query_params)
+        try:
+            filters = Filters.parse(params, time.time())
+            before = params.get("before") or None
+            cursor = decode_cursor(before) if before else None
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        page = await self.web.run(self.web.dashboard.jobs_page, filters, cursor)
+        if page.problem is not None:
+            return JSONResponse({"error": page.problem}, status_code=503)
+        return JSONResponse({"jobs": [j.as_json() for j in page.jobs],
+                             "next": page.next_cursor})
+
+    async def job(self, request: Request) -> Response:
+        """``/api/jobs/<id>``: one job."""
+        job, problem = await self.web.run(self.web.dashboard.job, request.path_params["job_id"])
+        if job is None:
+            return JSONResponse({"error": problem or "no such job in the store"},
+                                status_code=503 if problem else 404)
+        return JSONResponse(job.as_json())
+
+    async def queues(self, request: Request) -> Response:
+        """``/api/queues``: the figures of the app's queues."""
+        views = await self.web.run(self.web.dashboard.queues)
+        return JSONResponse({"queues": [v.as_json() for v in views]})
+
+    async def queue(self, request: Request) -> Response:
+        """``/api/queues/<name>``: a queue's figures and its dead letters."""
+        name = request.path_params["name"]
+        view = await self.web.run(self.web.dashboard.queue, name)
+        letters, problem = await self.web.run(self.web.dashboard.dead_letters, name)
+        body: dict[str, Any] = {"queue": view.as_json(),
+                                "dead_letters": [d.as_json() for d in letters],
+                                "dead_letters_problem": problem}
+        return JSONResponse(body)
+
+    async def workers(self, request: Request) -> Response:
+        """``/api/workers``: live worker pools."""
+        pools, problem = await self.web.run(self.web.dashboard.pools.get)
+        return JSONResponse({"pools": pools or [], "problem": problem})
+
+    async def schedules(self, request: Request) -> Response:
+        """``/api/schedules``: the schedules and what the store knows of each."""
+        found, problem = await self.web.run(self.web.dashboard.schedules.get)
+        return JSONResponse({"schedules": found or [], "problem": problem})
+
+    async def session(self, request: Request) -> Response:
+        """``/api/session``: whether actions are possible and this session's CSRF token
+        (what an API client sends as ``X-CSRF-Token``)."""
+        viewer = self.web.viewer(request)
+        return JSONResponse({"read_only": not viewer["enabled"],
+                             "logged_in": viewer["logged_in"],
+                             "csrf": viewer["csrf"] if viewer["logged_in"] else None})

@@ -1,0 +1,118 @@
+"""The dashboard's HTML pages (GET only: a page never changes anything)."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from taskwarren.store.jobs import CANCELLABLE_STATES, STATES
+from taskwarren.web.context import Web, path_part
+from taskwarren.web.paging import Filters, decode_cursor
+
+__all__ = ["RETRYABLE_STATES", "Pages"]
+
+#: States a job can be retried from (``app.jobs.retry``).
+RETRYABLE_STATES = ("dead", "cancelled")
+
+
+class Pages:
+    """The page handlers, over the shared :class:`Web` parts."""
+
+    def __init__(self, web: Web) -> None:
+        self.web = web
+
+    async def overview(self, request: Request) -> Response:
+        """``/``: job counts, the app's queues, live pools and schedules."""
+        data = await self.web.run(self.web.dashboard.overview)
+        return self.web.page(request, "overview.html", title="Overview", nav="overview",
+                             data=data, states=STATES)
+
+    async def jobs(self, request: Request) -> Response:
+        """``/jobs``: jobs newest first, filtered, a keyset page at a time."""
+        params = dict(request.query_params)
+        try:
+            filters = Filters.parse(params, time.time())
+            before = params.get("before") or None
+            cursor = decode_cursor(before) if before else None
+        except ValueError as exc:
+            return self.web.page(request, "jobs.html", 400, title="Jobs", nav="jobs",
+                                 states=STATES, filters=Filters(), form=params,
+                                 page=None, problem=str(exc), query={})
+        page = await self.web.run(self.web.dashboard.jobs_page, filters, cursor)
+        return self.web.page(request, "jobs.html", title="Jobs", nav="jobs", states=STATES,
+                             filters=filters, form=params, page=page, problem=page.problem,
+                             query=filters.query(), first=cursor is None)
+
+    async def job(self, request: Request) -> Response:
+        """``/jobs/<id>``: one job's arguments, attempt, timings, worker and error."""
+        task_id = request.path_params["job_id"]
+        job, problem = await self.web.run(self.web.dashboard.job, task_id)
+        if job is None:
+            return self.web.page(request, "message.html", 503 if problem else 404,
+                                 title="Job", heading="Job", nav="jobs",
+                                 message=problem or "no such job in the store")
+        return self.web.page(request, "job.html", title="Job", nav="jobs", job=job,
+                             cancellable=job.state in (*CANCELLABLE_STATES, "running"),
+                             retryable=job.state in RETRYABLE_STATES)
+
+    async def queues(self, request: Request) -> Response:
+        """``/queues``: the app's queues; ``?name=Q`` opens queue Q."""
+        name = request.query_params.get("name", "").strip()
+        if name:
+            return RedirectResponse(f"{self.web.base(request)}/queues/{path_part(name)}",
+                                    status_code=303)
+        views = await self.web.run(self.web.dashboard.queues)
+        return self.web.page(request, "queues.html", title="Queues", nav="queues",
+                             queues=[v.as_json() for v in views])
+
+    async def queue(self, request: Request) -> Response:
+        """``/queues/<name>``: its figures (and their source) and its dead letters."""
+        name = request.path_params["name"]
+        task = request.query_params.get("task", "").strip() or None
+        view = await self.web.run(self.web.dashboard.queue, name)
+        letters, problem = await self.web.run(self.web.dashboard.dead_letters, name)
+        shown = [d for d in letters if task is None or d.task == task]
+        return self.web.page(request, "queue.html", title=f"Queue {name}", nav="queues",
+                             queue=view, letters=shown, total=len(letters), task=task,
+                             problem=problem)
+
+    async def purge_confirm(self, request: Request) -> Response:
+        """``/queues/<name>/purge``: how many dead letters a purge would delete, and the
+        form that confirms it (a GET: nothing is deleted here)."""
+        name = request.path_params["name"]
+        ids = request.query_params.getlist("id")
+        letters, problem = await self.web.run(self.web.dashboard.dead_letters, name)
+        chosen = [d for d in letters if d.id in set(ids)] if ids else letters
+        return self.web.page(request, "purge.html", title=f"Purge {name}", nav="queues",
+                             name=name, ids=ids, count=len(chosen), problem=problem)
+
+    async def workers(self, request: Request) -> Response:
+        """``/workers``: live worker pools, from their announcements."""
+        pools, problem = await self.web.run(self.web.dashboard.pools.get)
+        return self.web.page(request, "workers.html", title="Workers", nav="workers",
+                             pools=pools or [], problem=problem)
+
+    async def schedules(self, request: Request) -> Response:
+        """``/schedules``: each schedule, its last and next tick, missed ticks."""
+        found, problem = await self.web.run(self.web.dashboard.schedules.get)
+        return self.web.page(request, "schedules.html", title="Schedules", nav="schedules",
+                             schedules=found or [], problem=problem)
+
+    async def login(self, request: Request) -> Response:
+        """``/login``: the token form (with a CSRF token bound to an anonymous session)."""
+        auth = self.web.auth
+        next_path = request.query_params.get("next", "")
+        if not auth.enabled:
+            return self.web.page(request, "login.html", title="Log in", next=next_path,
+                                 csrf=None)
+        session = auth.session(request)
+        value = None
+        if session is None:
+            session, value = auth.new_session(logged_in=False)
+        response = self.web.page(request, "login.html", title="Log in", next=next_path,
+                                 csrf=auth.csrf_token(session))
+        if value is not None:
+            auth.set_cookie(request, response, value)
+        return response
