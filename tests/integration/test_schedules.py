@@ -25,7 +25,6 @@ import pytest
 from click.testing import CliRunner
 
 from taskwarren import Warren
-from taskwarren.app import set_default_app
 from taskwarren.cli import main
 from taskwarren.errors import StoreError
 from taskwarren.relays import relay_for
@@ -370,12 +369,11 @@ def test_a_failed_pass_keeps_nothing(clock: Clockwork, store_url: str) -> None:
 
 
 @pytest.fixture
-def own_default_app() -> Iterator[None]:
+def own_default_app(monkeypatch: pytest.MonkeyPatch) -> None:
     """A module of the test's registers its tasks on a default app of the test's own,
-    which no other test then finds (with its store and job settings)."""
-    set_default_app(None)
-    yield
-    set_default_app(None)
+    which no other test then finds (with its store and job settings); the one before
+    is put back afterwards (modules imported earlier registered their tasks on it)."""
+    monkeypatch.setattr("taskwarren.app._default_app", None)
 
 
 def test_taskwarren_schedules_lists_each_schedule_with_its_ticks_and_status(
