@@ -27,7 +27,8 @@ from taskwarren.store import open_store
 from tests.support.workers import ROOT, Pool, free_port, wait_until
 from tests.web.browsertasks import HOSTILE_QUEUE, QUEUE, SCRIPT, Shop, register
 
-pytestmark = pytest.mark.slow
+# The browser first: without one, skip (or fail) before starting the servers.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("browser")]
 
 #: The dashboard's token (at least 16 characters).
 TOKEN = "browser-test-token-0123456789"
@@ -145,13 +146,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def browser() -> Iterator[Any]:
     executable = chromium_path()
     try:
-        from playwright.sync_api import sync_playwright
+        from playwright.sync_api import Error, sync_playwright
     except ImportError:
         _unavailable("playwright (pip install playwright)")
     with sync_playwright() as playwright:
-        # --no-sandbox: Chromium's sandbox refuses to start as root (CI runs as root).
-        launched = playwright.chromium.launch(executable_path=executable,
-                                              args=["--no-sandbox"])
+        try:
+            # --no-sandbox: Chromium's sandbox refuses to start as root (CI runs as root).
+            launched = playwright.chromium.launch(executable_path=executable,
+                                                  args=["--no-sandbox"])
+        except Error as exc:
+            _unavailable(f"a chromium that starts ({executable}: "
+                         f"{exc.message.splitlines()[0]})")
         yield launched
         launched.close()
 
@@ -191,8 +196,9 @@ def shoot(page: Any, name: str, full_page: bool = False) -> None:
     """Save a screenshot of ``page`` as a test artifact (and for README, when asked)."""
     page.screenshot(path=str(artifacts() / f"{name}.png"), full_page=full_page)
     if name in README_SHOTS and os.environ.get("TW_README_SCREENSHOTS"):
-        page.screenshot(path=str(ROOT / "docs" / "screenshots" / f"{name}.png"),
-                        full_page=full_page)
+        readme = ROOT / "docs" / "screenshots"
+        readme.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(readme / f"{name}.png"), full_page=full_page)
 
 
 def expect(locator: Any) -> Any:
