@@ -140,16 +140,38 @@ class Actions:
 
         return await self._act(request, "retry", task_id, do)
 
-    def _chosen(self, fields: dict[str, Any]) -> list[str] | None:
-        """The dead letters a request names: ``None`` for all, else their ids."""
+    def _chosen(self, fields: dict[str, Any]) -> tuple[list[str] | None, int | None]:
+        """The dead letters a request names: their ids, or ``None`` for all and the count
+        of them the visitor saw (``expect``)."""
         every = fields.get("all")
         if every is True or every in ("1", "yes", "true"):
-            return None
+            expect = fields.get("expect")
+            if isinstance(expect, str) and expect.isascii() and expect.isdigit() \
+                    and len(expect) <= 9:
+                expect = int(expect)
+            if isinstance(expect, bool) or not isinstance(expect, int) or expect < 0:
+                raise Refused(400, "all needs expect: the number of dead letters you saw "
+                                   "(the action refuses if it changed)")
+            return None, expect
         ids = fields.get("ids")
         if not isinstance(ids, list) or not ids or len(ids) > MAX_IDS \
                 or not all(isinstance(i, str) for i in ids):
-            raise Refused(400, f"name the dead letters: id (1 to {MAX_IDS} of them) or all")
-        return ids
+            raise Refused(400, f"name the dead letters: id (1 to {MAX_IDS} of them), or "
+                               "all with expect")
+        return ids, None
+
+    def _dead_letters(self, name: str, fields: dict[str, Any]) -> tuple[Admin,
+                                                                        list[str] | None]:
+        """The broker and the dead letters to act on; for all, only if their count is
+        still the one the visitor saw (else the page was out of date: 409)."""
+        ids, expect = self._chosen(fields)
+        admin = require(self.web.dashboard.warren.broker, Admin, "dead-letter handling")
+        if ids is None:
+            now = admin.stats(name).dead
+            if now != expect:
+                raise Refused(409, f"the queue has {now} dead letters now, not the "
+                                   f"{expect} you saw: nothing was done (look again)")
+        return admin, ids
 
     async def replay(self, request: Request) -> Response:
         """Send dead letters back to their queue, attempts reset (``Admin.replay_dead``)."""
@@ -157,8 +179,7 @@ class Actions:
         back = f"/queues/{path_part(name)}"
 
         def do(fields: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-            ids = self._chosen(fields)
-            admin = require(self.web.dashboard.warren.broker, Admin, "dead-letter handling")
+            admin, ids = self._dead_letters(name, fields)
             n = admin.replay_dead(name, ids)
             return 200, {"done": True, "count": n, "message": f"replayed {n}", "back": back}
 
@@ -171,11 +192,10 @@ class Actions:
         back = f"/queues/{path_part(name)}"
 
         def do(fields: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-            ids = self._chosen(fields)
             if fields.get("confirm") not in (True, "yes"):
                 raise Refused(400, "purging deletes messages for good: confirm it "
                                    "(confirm=yes)")
-            admin = require(self.web.dashboard.warren.broker, Admin, "dead-letter handling")
+            admin, ids = self._dead_letters(name, fields)
             n = admin.purge_dead(name, ids)
             return 200, {"done": True, "count": n, "message": f"purged {n}", "back": back}
 

@@ -15,6 +15,16 @@ __all__ = ["RETRYABLE_STATES", "Pages"]
 
 #: States a job can be retried from (``app.jobs.retry``).
 RETRYABLE_STATES = ("dead", "cancelled")
+#: The most dead-letter ids a "replay all" or "purge all" form carries; past it, the form
+#: carries the count shown instead (``expect``), and the action refuses if it changed.
+MAX_FORM_IDS = 100
+
+
+def chosen_fields(ids: list[str]) -> dict[str, list[str]]:
+    """The fields a form sends to act on exactly the dead letters ``ids`` it showed."""
+    if len(ids) > MAX_FORM_IDS:
+        return {"all": ["1"], "expect": [str(len(ids))]}
+    return {"id": ids}
 
 
 class Pages:
@@ -74,19 +84,29 @@ class Pages:
         view = await self.web.run(self.web.dashboard.queue, name)
         letters, problem = await self.web.run(self.web.dashboard.dead_letters, name)
         shown = [d for d in letters if task is None or d.task == task]
+        # "Replay all" replays what this page shows, not what arrived since.
+        chosen = chosen_fields([d.id for d in shown]) if task is None else {
+            "id": [d.id for d in shown]}
         return self.web.page(request, "queue.html", title=f"Queue {name}", nav="queues",
                              queue=view, letters=shown, total=len(letters), task=task,
-                             problem=problem)
+                             problem=problem, chosen=chosen)
 
     async def purge_confirm(self, request: Request) -> Response:
         """``/queues/<name>/purge``: how many dead letters a purge would delete, and the
-        form that confirms it (a GET: nothing is deleted here)."""
+        form that confirms it (a GET: nothing is deleted here). The form carries the ids
+        of the dead letters counted (past :data:`MAX_FORM_IDS`, their count, checked
+        again before the purge): a purge never deletes more than this page said. No form
+        when there is nothing to purge or the dead letters could not be read."""
         name = request.path_params["name"]
         ids = request.query_params.getlist("id")
         letters, problem = await self.web.run(self.web.dashboard.dead_letters, name)
-        chosen = [d for d in letters if d.id in set(ids)] if ids else letters
+        wanted = set(ids)
+        chosen = [d for d in letters if d.id in wanted] if ids else letters
+        fields = chosen_fields([d.id for d in chosen]) if not ids else {
+            "id": [d.id for d in chosen]}
         return self.web.page(request, "purge.html", title=f"Purge {name}", nav="queues",
-                             name=name, ids=ids, count=len(chosen), problem=problem)
+                             name=name, ids=ids, count=len(chosen), problem=problem,
+                             fields=fields if chosen and problem is None else None)
 
     async def workers(self, request: Request) -> Response:
         """``/workers``: live worker pools, from their announcements."""

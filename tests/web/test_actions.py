@@ -40,7 +40,7 @@ def concrete(site: Site, path: str) -> str:
 
 def body(path: str, csrf: str | None, token: str | None = None) -> dict[str, Any]:
     """The fields a route needs to succeed (all dead letters; a confirmed purge)."""
-    fields: dict[str, Any] = {"all": "1", "confirm": "yes", "next": "/"}
+    fields: dict[str, Any] = {"all": "1", "expect": "2", "confirm": "yes", "next": "/"}
     if token is not None:
         fields["token"] = token
     if csrf is not None:
@@ -51,7 +51,8 @@ def body(path: str, csrf: str | None, token: str | None = None) -> dict[str, Any
 def send(client: TestClient, method: str, path: str, fields: dict[str, Any],
          headers: dict[str, str] | None = None) -> Any:
     if path.startswith("/api/"):
-        as_json = {k: True if k in ("all", "confirm") else v for k, v in fields.items()}
+        as_json = {k: True if k in ("all", "confirm") else int(v) if k == "expect" else v
+                   for k, v in fields.items()}
         return client.request(method, path, json=as_json, headers=headers,
                               follow_redirects=False)
     return client.request(method, path, data=fields, headers=headers, follow_redirects=False)
@@ -163,7 +164,8 @@ def test_replay_sends_one_dead_letter_back_and_purge_deletes_the_rest(site: Site
 
     replayed = client.post("/queues/shop/replay", data={"csrf": csrf, "id": site.dead})
     unconfirmed = client.post("/queues/shop/purge", data={"csrf": csrf, "all": "1"})
-    purged = client.post("/api/queues/shop/purge", json={"all": True, "confirm": True},
+    purged = client.post("/api/queues/shop/purge",
+                         json={"all": True, "expect": 1, "confirm": True},
                          headers={"X-CSRF-Token": csrf})
 
     assert "replayed 1" in replayed.text
@@ -260,7 +262,7 @@ def test_actions_are_logged_with_who_and_what_and_never_the_token(
         client.post(f"/jobs/{site.queued}/cancel", data={"csrf": csrf})
         client.post(f"/jobs/{site.queued}/cancel", data={"csrf": "wrong"})
         TestClient(site.web).post("/login", data={"token": TOKEN, "csrf": "nope"})
-        client.post("/queues/shop/replay", data={"csrf": csrf, "all": "1"})
+        client.post("/queues/shop/replay", data={"csrf": csrf, "all": "1", "expect": "2"})
 
     actions = [e for e in logs if e["event"] == "web.action"]
     assert [(e["action"], e["outcome"]) for e in actions] == [
