@@ -64,7 +64,7 @@ Bearer token and ``csrf`` / ``X-CSRF-Token``):
 
 ==========================================  ==============================================
 ``/login``                                  ``token``, ``csrf``, ``next``: sets the session
-``/logout``                                 ends it
+``/logout``                                 ends it (the old cookie is refused after)
 ``/jobs/<id>/cancel``, ``/api/...``         ``app.jobs.cancel_job``: ``{"done", "state",
                                             "message"}`` (409 when it will still run)
 ``/jobs/<id>/retry``, ``/api/...``          ``app.jobs.retry``: ``{"done", "state",

@@ -246,13 +246,14 @@ class Actions:
         """End the session."""
         try:
             fields = await self._fields(request)
-            self._authorize(request, fields)
+            session = self._authorize(request, fields)
         except Refused as refused:
             log.warning("web.action", action="logout", target="-", outcome="refused",
                         reason=refused.reason, client=client_of(request))
             return self.web.error(request, refused.status, refused.reason)
         log.info("web.action", action="logout", target="-", outcome="done",
                  client=client_of(request))
+        self.web.auth.end(session)
         response = RedirectResponse(self.web.base(request) + "/", status_code=303)
         self.web.auth.clear_cookie(request, response)
         return response

@@ -8,6 +8,11 @@ route answers 403. With one (``TASKWARREN_WEB_TOKEN``, or ``token=``):
   it is logged in, signed with HMAC-SHA256 under a key derived from the token (a new
   token ends every session). The cookie is ``HttpOnly``, ``SameSite=Strict``, ``Path=/``
   (``Secure`` over HTTPS), and expires after :data:`SESSION_TTL_S`.
+- ``POST /logout`` ends the session for good: its id is kept (in this process's memory,
+  until it would have expired anyway) and refused from then on, whoever sends the
+  cookie. At most :data:`MAX_ENDED` are kept: past that, the oldest is let go along with
+  every session issued no later than it (ending a few more sessions, never reviving
+  one). A dashboard run in several processes keeps one such list per process.
 - Every mutating route needs a logged-in session, or ``Authorization: Bearer <token>``,
   AND a CSRF token bound to that session: the HMAC of its session id under the same key,
   sent as the form field ``csrf`` or the header ``X-CSRF-Token``. Pages put it in their
@@ -23,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 
@@ -40,6 +46,8 @@ BEARER_SESSION = "bearer"
 #: The form field and the header that carry the CSRF token.
 CSRF_FIELD = "csrf"
 CSRF_HEADER = "x-csrf-token"
+#: The most ended sessions remembered (see the module docstring).
+MAX_ENDED = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +76,11 @@ class Auth:
         self._token_digest = None if token is None else _digest(token)
         self._key = b"" if token is None else hmac.new(
             token.encode(), b"taskwarren.web session key v1", hashlib.sha256).digest()
+        self._lock = threading.Lock()
+        #: Ended sessions: id -> time of issue.
+        self._ended: dict[str, float] = {}
+        #: Sessions issued at or before this time are ended too (see :meth:`end`).
+        self._ended_before = 0.0
 
     def __repr__(self) -> str:
         return f"<Auth {'token set' if self.enabled else 'read-only'}>"
@@ -121,7 +134,25 @@ class Auth:
             return None
         if not 0 <= time.time() - issued_at < SESSION_TTL_S:
             return None
+        with self._lock:
+            if sid in self._ended or issued_at <= self._ended_before:
+                return None
         return Session(sid, logged_in == "1", issued_at)
+
+    def end(self, session: Session) -> None:
+        """End ``session``: its cookie is refused from now on (a Bearer request has no
+        session to end)."""
+        if session.id == BEARER_SESSION:
+            return
+        now = time.time()
+        with self._lock:
+            ended = self._ended
+            for sid in [s for s, at in ended.items() if now - at >= SESSION_TTL_S]:
+                del ended[sid]  # expired anyway
+            while len(ended) >= MAX_ENDED:
+                oldest = min(ended, key=ended.__getitem__)
+                self._ended_before = max(self._ended_before, ended.pop(oldest))
+            ended[session.id] = session.issued_at
 
     def csrf_ok(self, session: Session, given: str | None) -> bool:
         """Whether ``given`` is the CSRF token of ``session`` (constant time)."""
