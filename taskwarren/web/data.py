@@ -43,6 +43,8 @@ THREADS = 8
 #: Where the figures of a queue came from, as the page says it.
 SOURCES = {"management": "RabbitMQ management API", "amqp": "AMQP (passive declare)",
            "sqlite": "embedded SQLite broker", "memory": "in-memory broker"}
+#: How much of a body that does not decode is shown.
+RAW_BODY_BYTES = 4096
 
 
 def problem_of(exc: BaseException) -> str:
@@ -110,20 +112,32 @@ class DeadLetter:
 
     @classmethod
     def of(cls, envelope: Envelope, max_bytes: int) -> DeadLetter:
-        """The dead letter ``envelope``."""
+        """The dead letter ``envelope``: its arguments as JSON, or as the raw text of its
+        body (cut short) when that cannot be decoded, however it fails (a body nested
+        too deep raises ``RecursionError``)."""
         error_type, error, failed_at = failure_summary(envelope)
         try:
             arguments = json.dumps(decode_kwargs(envelope, max_bytes), ensure_ascii=False,
                                    default=str)
-        except TaskwarrenError:
-            arguments = envelope.body[:4096].decode("utf-8", "replace")
+        except Exception:  # anything a hostile body makes the decoder raise
+            arguments = _raw_body(envelope)
         reason = envelope.headers.get("tw-reason")
         return cls(envelope.message_id, envelope.task, envelope.attempt, error_type, error,
                    failed_at, None if reason is None else str(reason), arguments)
 
+    @classmethod
+    def raw(cls, envelope: Envelope) -> DeadLetter:
+        """``envelope`` shown from its id and raw body only (its headers did not read)."""
+        return cls(str(envelope.message_id), "", 0, "", "", "", None, _raw_body(envelope))
+
     def as_json(self) -> dict[str, Any]:
         """The dead letter as the JSON API gives it."""
         return asdict(self)
+
+
+def _raw_body(envelope: Envelope) -> str:
+    """The start of ``envelope``'s body as text (undecodable bytes replaced)."""
+    return envelope.body[:RAW_BODY_BYTES].decode("utf-8", "replace")
 
 
 class Dashboard:
@@ -294,7 +308,13 @@ class Dashboard:
         except TaskwarrenError as exc:
             return [], problem_of(exc)
         limit = self.warren.settings.max_message_bytes
-        return [DeadLetter.of(e, limit) for e in found], None
+        letters = []
+        for envelope in found:
+            try:
+                letters.append(DeadLetter.of(envelope, limit))
+            except Exception:  # one poison message never fails the list
+                letters.append(DeadLetter.raw(envelope))
+        return letters, None
 
     def overview(self) -> dict[str, Any]:
         """Everything the overview shows, as the JSON API gives it."""
