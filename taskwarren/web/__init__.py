@@ -3,8 +3,9 @@
 ``taskwarren web [--host 127.0.0.1] [--port 8080] [MODULES...]`` serves it; or mount
 :func:`app` in an ASGI application of your own. It needs the ``web`` extra
 (``pip install 'taskwarren[web]'``: Starlette, Jinja2, uvicorn, python-multipart).
-Pages are rendered on the server; one small script (no build step, no CDN) refreshes
-the overview's counters. Everything that came from a message is escaped.
+Pages are rendered on the server, on the dashboard's threads (never on the event loop);
+one small script (no build step, no CDN) refreshes the overview's counters. Everything
+that came from a message is escaped.
 
 Reading needs nothing; acting needs the token (``TASKWARREN_WEB_TOKEN``), a session or
 ``Authorization: Bearer``, and a CSRF token (see :mod:`taskwarren.web.auth`). Without a
@@ -20,7 +21,8 @@ Pages (GET):
                                 keyset cursor of the next page)
 ``/jobs/<id>``                  one job: arguments, attempt, timings, worker, error, traceback
 ``/queues``                     the app's queues (``?name=Q`` opens queue Q)
-``/queues/<name>``              its figures and their source, its dead letters (``?task=``)
+``/queues/<name>``              its figures and their source, its first 100 dead letters
+                                and how many there are (``?task=``)
 ``/queues/<name>/purge``        how many dead letters a purge deletes, and its confirm form
                                 (carrying their ids: it never deletes more than it said)
 ``/workers``                    live worker pools
@@ -38,7 +40,8 @@ JSON API (GET; errors are ``{"error": "..."}`` with a 4xx/5xx status):
                                 "problem"}, "schedules": {"count", "problem"},
                                 "generated_at"}``
 ``/api/jobs``                   ``{"jobs": [job], "next": cursor or null}`` (the filters
-                                of ``/jobs``)
+                                of ``/jobs``; a job's ``args``, ``error`` and ``traceback``
+                                cut to 4,096 characters, ending ``...``)
 ``/api/jobs/<id>``              a job: ``id, task, queue, state, attempt, created_at,
                                 scheduled_at, started_at, finished_at, duration_s, worker,
                                 error, traceback, args, unique_key, updated_at`` (times
@@ -50,7 +53,9 @@ JSON API (GET; errors are ``{"error": "..."}`` with a 4xx/5xx status):
                                 management API)
 ``/api/queues/<name>``          ``{"queue": queue, "dead_letters": [{"id", "task",
                                 "attempt", "error_type", "error", "failed_at", "reason",
-                                "arguments"}], "dead_letters_problem"}``
+                                "arguments"}], "dead_letters_total",
+                                "dead_letters_problem"}``: the first 100 dead letters,
+                                each text cut to 4,096 characters, and how many there are
 ``/api/workers``                ``{"pools": [{"host", "pid", "children", "queues",
                                 "in_flight", "uptime_s"}], "problem"}``
 ``/api/schedules``              ``{"schedules": [{"name", "schedule", "stored", "overlap",

@@ -97,17 +97,17 @@ class Actions:
         except Refused as refused:
             log.warning("web.action", action=action, target=loggable(target),
                         outcome="refused", reason=refused.reason, client=client)
-            return self.web.error(request, refused.status, refused.reason)
+            return await self.web.error(request, refused.status, refused.reason)
         except TaskwarrenError as exc:
             log.warning("web.action", action=action, target=loggable(target),
                         outcome="failed", error=problem_of(exc), client=client)
-            return self.web.error(request, 503, problem_of(exc))
+            return await self.web.error(request, 503, problem_of(exc))
         log.info("web.action", action=action, target=loggable(target),
                  outcome="done" if status < 400 else "not done",
                  detail=loggable(str(result.get("message", ""))), client=client)
         if is_api(request):
             return JSONResponse(result, status_code=status)
-        return self.web.page(request, "done.html", status, title=action, action=action,
+        return await self.web.page(request, "done.html", status, title=action, action=action,
                              result=result, back=result.get("back", "/"))
 
     async def cancel(self, request: Request) -> Response:
@@ -234,7 +234,7 @@ class Actions:
         except Refused as refused:
             log.warning("web.action", action="login", target="-", outcome="refused",
                         reason=refused.reason, client=client)
-            return self.web.error(request, refused.status, refused.reason)
+            return await self.web.error(request, refused.status, refused.reason)
         log.info("web.action", action="login", target="-", outcome="done", client=client)
         _, value = auth.new_session(logged_in=True)
         response = RedirectResponse(self.web.base(request) + _local(fields.get("next")),
@@ -250,7 +250,7 @@ class Actions:
         except Refused as refused:
             log.warning("web.action", action="logout", target="-", outcome="refused",
                         reason=refused.reason, client=client_of(request))
-            return self.web.error(request, refused.status, refused.reason)
+            return await self.web.error(request, refused.status, refused.reason)
         log.info("web.action", action="logout", target="-", outcome="done",
                  client=client_of(request))
         self.web.auth.end(session)

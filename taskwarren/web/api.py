@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from taskwarren.web.context import Web
+from taskwarren.web.data import cut
 from taskwarren.web.paging import Filters, decode_cursor
 
 __all__ = ["Api"]
@@ -37,7 +38,7 @@ class Api:
         page = await self.web.run(self.web.dashboard.jobs_page, filters, cursor)
         if page.problem is not None:
             return JSONResponse({"error": page.problem}, status_code=503)
-        return JSONResponse({"jobs": [j.as_json() for j in page.jobs],
+        return JSONResponse({"jobs": [listed(j.as_json()) for j in page.jobs],
                              "next": page.next_cursor})
 
     async def job(self, request: Request) -> Response:
@@ -57,10 +58,11 @@ class Api:
         """``/api/queues/<name>``: a queue's figures and its dead letters."""
         name = request.path_params["name"]
         view = await self.web.run(self.web.dashboard.queue, name)
-        letters, problem = await self.web.run(self.web.dashboard.dead_letters, name)
+        dead = await self.web.run(self.web.dashboard.dead_letters, name)
         body: dict[str, Any] = {"queue": view.as_json(),
-                                "dead_letters": [d.as_json() for d in letters],
-                                "dead_letters_problem": problem}
+                                "dead_letters": [d.as_json() for d in dead.letters],
+                                "dead_letters_total": dead.total,
+                                "dead_letters_problem": dead.problem}
         return JSONResponse(body)
 
     async def workers(self, request: Request) -> Response:
@@ -80,3 +82,15 @@ class Api:
         return JSONResponse({"read_only": not viewer["enabled"],
                              "logged_in": viewer["logged_in"],
                              "csrf": viewer["csrf"] if viewer["logged_in"] else None})
+
+
+#: The texts of a job that a list gives cut short (``/api/jobs/<id>`` gives them whole).
+LONG_TEXTS = ("args", "error", "traceback")
+
+
+def listed(job: dict[str, Any]) -> dict[str, Any]:
+    """A job as a list gives it: its long texts cut (see :data:`LONG_TEXTS`)."""
+    for name in LONG_TEXTS:
+        if isinstance(job.get(name), str):
+            job[name] = cut(job[name])
+    return job

@@ -66,20 +66,21 @@ class Web:
                 "actions": logged_in,
                 "csrf": self.auth.csrf_token(session) if session is not None else None}
 
-    def page(self, request: Request, template: str, status: int = 200,
-             **context: Any) -> HTMLResponse:
-        """Template ``template`` as a response, with the shared context."""
+    async def page(self, request: Request, template: str, status: int = 200,
+                   **context: Any) -> HTMLResponse:
+        """Template ``template`` as a response, with the shared context (rendered on the
+        dashboard's threads: a page of long texts never holds up the event loop)."""
         context.setdefault("title", "")
-        body = render(self.env, template, base=self.base(request),
-                      viewer=self.viewer(request), path=path_part, **context)
+        body = await self.run(render, self.env, template, base=self.base(request),
+                              viewer=self.viewer(request), path=path_part, **context)
         return HTMLResponse(body, status_code=status)
 
-    def error(self, request: Request, status: int, message: str) -> Response:
+    async def error(self, request: Request, status: int, message: str) -> Response:
         """An error as JSON for ``/api/`` routes, else as a page."""
         if is_api(request):
             return JSONResponse({"error": message}, status_code=status)
-        return self.page(request, "message.html", status, title="Error", heading="Error",
-                         message=message)
+        return await self.page(request, "message.html", status, title="Error",
+                               heading="Error", message=message)
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn`` (blocking I/O) on the dashboard's threads."""

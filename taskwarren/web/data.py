@@ -33,7 +33,7 @@ from taskwarren.web.cache import Cached
 from taskwarren.web.management import ManagementAPI, ManagementError
 from taskwarren.web.paging import Filters, JobsPage, encode_cursor
 
-__all__ = ["Dashboard", "DeadLetter", "QueueView", "problem_of"]
+__all__ = ["Dashboard", "DeadLetter", "DeadLetters", "QueueView", "cut", "problem_of"]
 
 T = TypeVar("T")
 
@@ -45,6 +45,11 @@ SOURCES = {"management": "RabbitMQ management API", "amqp": "AMQP (passive decla
            "sqlite": "embedded SQLite broker", "memory": "in-memory broker"}
 #: How much of a body that does not decode is shown.
 RAW_BODY_BYTES = 4096
+#: The longest text of a dead letter (its arguments, its error...), and of a job's long
+#: texts in a list of jobs, that pages and the API give (longer ends ``...``).
+MAX_TEXT_CHARS = 4096
+#: The most dead letters a queue's page (and ``/api/queues/<name>``) shows.
+MAX_SHOWN_DEAD = 100
 
 
 def problem_of(exc: BaseException) -> str:
@@ -122,22 +127,44 @@ class DeadLetter:
         except Exception:  # anything a hostile body makes the decoder raise
             arguments = _raw_body(envelope)
         reason = envelope.headers.get("tw-reason")
-        return cls(envelope.message_id, envelope.task, envelope.attempt, error_type, error,
-                   failed_at, None if reason is None else str(reason), arguments)
+        return cls(cut(envelope.message_id), cut(envelope.task), envelope.attempt,
+                   cut(error_type), cut(error), cut(failed_at),
+                   None if reason is None else cut(str(reason)), cut(arguments))
 
     @classmethod
     def raw(cls, envelope: Envelope) -> DeadLetter:
         """``envelope`` shown from its id and raw body only (its headers did not read)."""
-        return cls(str(envelope.message_id), "", 0, "", "", "", None, _raw_body(envelope))
+        return cls(cut(str(envelope.message_id)), "", 0, "", "", "", None,
+                   cut(_raw_body(envelope)))
 
     def as_json(self) -> dict[str, Any]:
         """The dead letter as the JSON API gives it."""
         return asdict(self)
 
 
+def cut(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    """``text`` if at most ``limit`` characters long, else its start ending ``...``."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetters:
+    """The dead letters of a queue that a page shows.
+
+    Attributes:
+        letters: the first :data:`MAX_SHOWN_DEAD` of them.
+        total: how many there are (``None``: unknown).
+        problem: why none could be read, if so.
+    """
+
+    letters: list[DeadLetter]
+    total: int | None
+    problem: str | None = None
+
+
 def _raw_body(envelope: Envelope) -> str:
     """The start of ``envelope``'s body as text (undecodable bytes replaced)."""
-    return envelope.body[:RAW_BODY_BYTES].decode("utf-8", "replace")
+    return cut(envelope.body[:RAW_BODY_BYTES + 1].decode("utf-8", "replace"), RAW_BODY_BYTES)
 
 
 class Dashboard:
@@ -301,20 +328,21 @@ class Dashboard:
         scheme = self.warren.settings.scheme
         return "amqp" if scheme in AMQP_SCHEMES else scheme
 
-    def dead_letters(self, name: str) -> tuple[list[DeadLetter], str | None]:
-        """The dead letters of queue ``name`` (left where they are), or why not."""
+    def dead_letters(self, name: str) -> DeadLetters:
+        """The first :data:`MAX_SHOWN_DEAD` dead letters of queue ``name`` (left where
+        they are) and how many there are, or why they cannot be read."""
         try:
             found = require(self.reader, Admin, "dead-letter browsing").dead_letters(name)
         except TaskwarrenError as exc:
-            return [], problem_of(exc)
+            return DeadLetters([], None, problem_of(exc))
         limit = self.warren.settings.max_message_bytes
         letters = []
-        for envelope in found:
+        for envelope in found[:MAX_SHOWN_DEAD]:
             try:
                 letters.append(DeadLetter.of(envelope, limit))
             except Exception:  # one poison message never fails the list
                 letters.append(DeadLetter.raw(envelope))
-        return letters, None
+        return DeadLetters(letters, len(found))
 
     def overview(self) -> dict[str, Any]:
         """Everything the overview shows, as the JSON API gives it."""

@@ -20,10 +20,11 @@ RETRYABLE_STATES = ("dead", "cancelled")
 MAX_FORM_IDS = 100
 
 
-def chosen_fields(ids: list[str]) -> dict[str, list[str]]:
-    """The fields a form sends to act on exactly the dead letters ``ids`` it showed."""
-    if len(ids) > MAX_FORM_IDS:
-        return {"all": ["1"], "expect": [str(len(ids))]}
+def chosen_fields(ids: list[str], total: int) -> dict[str, list[str]]:
+    """The fields of a form acting on all ``total`` dead letters of a queue, ``ids`` those
+    read: their ids if they are all of them (and few enough), else the count."""
+    if len(ids) < total or len(ids) > MAX_FORM_IDS:
+        return {"all": ["1"], "expect": [str(total)]}
     return {"id": ids}
 
 
@@ -36,7 +37,7 @@ class Pages:
     async def overview(self, request: Request) -> Response:
         """``/``: job counts, the app's queues, live pools and schedules."""
         data = await self.web.run(self.web.dashboard.overview)
-        return self.web.page(request, "overview.html", title="Overview", nav="overview",
+        return await self.web.page(request, "overview.html", title="Overview", nav="overview",
                              data=data, states=STATES)
 
     async def jobs(self, request: Request) -> Response:
@@ -47,11 +48,11 @@ class Pages:
             before = params.get("before") or None
             cursor = decode_cursor(before) if before else None
         except ValueError as exc:
-            return self.web.page(request, "jobs.html", 400, title="Jobs", nav="jobs",
+            return await self.web.page(request, "jobs.html", 400, title="Jobs", nav="jobs",
                                  states=STATES, filters=Filters(), form=params,
                                  page=None, problem=str(exc), query={})
         page = await self.web.run(self.web.dashboard.jobs_page, filters, cursor)
-        return self.web.page(request, "jobs.html", title="Jobs", nav="jobs", states=STATES,
+        return await self.web.page(request, "jobs.html", title="Jobs", nav="jobs", states=STATES,
                              filters=filters, form=params, page=page, problem=page.problem,
                              query=filters.query(), first=cursor is None)
 
@@ -60,10 +61,10 @@ class Pages:
         task_id = request.path_params["job_id"]
         job, problem = await self.web.run(self.web.dashboard.job, task_id)
         if job is None:
-            return self.web.page(request, "message.html", 503 if problem else 404,
+            return await self.web.page(request, "message.html", 503 if problem else 404,
                                  title="Job", heading="Job", nav="jobs",
                                  message=problem or "no such job in the store")
-        return self.web.page(request, "job.html", title="Job", nav="jobs", job=job,
+        return await self.web.page(request, "job.html", title="Job", nav="jobs", job=job,
                              cancellable=job.state in (*CANCELLABLE_STATES, "running"),
                              retryable=job.state in RETRYABLE_STATES)
 
@@ -74,22 +75,23 @@ class Pages:
             return RedirectResponse(f"{self.web.base(request)}/queues/{path_part(name)}",
                                     status_code=303)
         views = await self.web.run(self.web.dashboard.queues)
-        return self.web.page(request, "queues.html", title="Queues", nav="queues",
+        return await self.web.page(request, "queues.html", title="Queues", nav="queues",
                              queues=[v.as_json() for v in views])
 
     async def queue(self, request: Request) -> Response:
-        """``/queues/<name>``: its figures (and their source) and its dead letters."""
+        """``/queues/<name>``: its figures (and their source) and its first dead letters
+        (:data:`~taskwarren.web.data.MAX_SHOWN_DEAD`), with how many there are."""
         name = request.path_params["name"]
         task = request.query_params.get("task", "").strip() or None
         view = await self.web.run(self.web.dashboard.queue, name)
-        letters, problem = await self.web.run(self.web.dashboard.dead_letters, name)
-        shown = [d for d in letters if task is None or d.task == task]
-        # "Replay all" replays what this page shows, not what arrived since.
-        chosen = chosen_fields([d.id for d in shown]) if task is None else {
-            "id": [d.id for d in shown]}
-        return self.web.page(request, "queue.html", title=f"Queue {name}", nav="queues",
-                             queue=view, letters=shown, total=len(letters), task=task,
-                             problem=problem, chosen=chosen)
+        dead = await self.web.run(self.web.dashboard.dead_letters, name)
+        shown = [d for d in dead.letters if task is None or d.task == task]
+        # "Replay all" replays what this page counted, not what arrived since.
+        chosen = {"id": [d.id for d in shown]} if task is not None else chosen_fields(
+            [d.id for d in shown], dead.total or 0)
+        return await self.web.page(request, "queue.html", title=f"Queue {name}",
+                                   nav="queues", queue=view, letters=shown, total=dead.total,
+                                   task=task, problem=dead.problem, chosen=chosen)
 
     async def purge_confirm(self, request: Request) -> Response:
         """``/queues/<name>/purge``: how many dead letters a purge would delete, and the
@@ -99,25 +101,29 @@ class Pages:
         when there is nothing to purge or the dead letters could not be read."""
         name = request.path_params["name"]
         ids = request.query_params.getlist("id")
-        letters, problem = await self.web.run(self.web.dashboard.dead_letters, name)
-        wanted = set(ids)
-        chosen = [d for d in letters if d.id in wanted] if ids else letters
-        fields = chosen_fields([d.id for d in chosen]) if not ids else {
-            "id": [d.id for d in chosen]}
-        return self.web.page(request, "purge.html", title=f"Purge {name}", nav="queues",
-                             name=name, ids=ids, count=len(chosen), problem=problem,
-                             fields=fields if chosen and problem is None else None)
+        dead = await self.web.run(self.web.dashboard.dead_letters, name)
+        if ids:
+            wanted = set(ids)
+            found = [d.id for d in dead.letters if d.id in wanted]
+            count, fields = len(found), {"id": found}
+        else:
+            count = dead.total or 0
+            fields = chosen_fields([d.id for d in dead.letters], count)
+        return await self.web.page(request, "purge.html", title=f"Purge {name}",
+                                   nav="queues", name=name, ids=ids, count=count,
+                                   problem=dead.problem,
+                                   fields=fields if count and dead.problem is None else None)
 
     async def workers(self, request: Request) -> Response:
         """``/workers``: live worker pools, from their announcements."""
         pools, problem = await self.web.run(self.web.dashboard.pools.get)
-        return self.web.page(request, "workers.html", title="Workers", nav="workers",
+        return await self.web.page(request, "workers.html", title="Workers", nav="workers",
                              pools=pools or [], problem=problem)
 
     async def schedules(self, request: Request) -> Response:
         """``/schedules``: each schedule, its last and next tick, missed ticks."""
         found, problem = await self.web.run(self.web.dashboard.schedules.get)
-        return self.web.page(request, "schedules.html", title="Schedules", nav="schedules",
+        return await self.web.page(request, "schedules.html", title="Schedules", nav="schedules",
                              schedules=found or [], problem=problem)
 
     async def login(self, request: Request) -> Response:
@@ -125,13 +131,13 @@ class Pages:
         auth = self.web.auth
         next_path = request.query_params.get("next", "")
         if not auth.enabled:
-            return self.web.page(request, "login.html", title="Log in", next=next_path,
+            return await self.web.page(request, "login.html", title="Log in", next=next_path,
                                  csrf=None)
         session = auth.session(request)
         value = None
         if session is None:
             session, value = auth.new_session(logged_in=False)
-        response = self.web.page(request, "login.html", title="Log in", next=next_path,
+        response = await self.web.page(request, "login.html", title="Log in", next=next_path,
                                  csrf=auth.csrf_token(session))
         if value is not None:
             auth.set_cookie(request, response, value)

@@ -7,6 +7,7 @@ import pytest
 
 from taskwarren.brokers.memory import MemoryBroker
 from taskwarren.message import Envelope, encode, failure_summary
+from taskwarren.store.jobs import JobEvent
 from taskwarren.web import data
 from tests.web.conftest import Site
 
@@ -56,3 +57,48 @@ def test_a_dead_letter_whose_headers_do_not_read_is_shown_from_its_body(
     assert len(letters) == 3
     (shown,) = [d for d in letters if d["id"] == odd]
     assert shown["arguments"] == '{"note": "odd"}' and shown["task"] == ""
+
+
+def test_a_queue_page_shows_at_most_100_dead_letters_and_says_how_many_there_are(
+        sqlite_site: Site) -> None:
+    site = sqlite_site
+    for i in range(105):
+        put_dead(site, b'{"order_id": %d}' % i)
+
+    page = site.client.get("/queues/shop").text
+    answer = site.client.get("/api/queues/shop").json()
+
+    assert page.count('data-testid="dead-letter-row"') == 100
+    assert 'data-testid="dead-count" data-count="100" data-total="107"' in page
+    assert "100 of 107" in page
+    assert len(answer["dead_letters"]) == 100 and answer["dead_letters_total"] == 107
+
+
+def test_a_huge_argument_is_cut_in_the_page_and_the_api(sqlite_site: Site) -> None:
+    site = sqlite_site
+    huge = put_dead(site, b'{"note": "' + b"x" * 1_000_000 + b'"}')
+    put_dead(site, b'{"note": "' + b"x" * 50_000_000 + b'"}')  # past the size limit
+
+    page = site.client.get("/queues/shop")
+    answer = site.client.get("/api/queues/shop")
+
+    assert len(page.content) < 100_000 and len(answer.content) < 100_000
+    (shown,) = [d for d in answer.json()["dead_letters"] if d["id"] == huge]
+    assert shown["arguments"].startswith('{"note": "xxx') and shown["arguments"].endswith("...")
+    assert len(shown["arguments"]) <= data.MAX_TEXT_CHARS
+
+
+def test_the_jobs_api_cuts_long_texts_in_a_list_and_gives_them_whole_for_one_job(
+        sqlite_site: Site) -> None:
+    site = sqlite_site
+    site.app.jobs.table().apply([JobEvent("big", "dead", 4e9, task="shop.ship", queue="shop",
+                                          created_at=4e9, error="e" * 100_000,
+                                          args='{"note": "' + "x" * 100_000 + '"}')])
+
+    listed = site.client.get("/api/jobs?limit=1").json()["jobs"][0]
+    whole = site.client.get("/api/jobs/big").json()
+
+    assert listed["id"] == "big"
+    assert len(listed["error"]) <= data.MAX_TEXT_CHARS and listed["error"].endswith("...")
+    assert len(listed["args"]) <= data.MAX_TEXT_CHARS
+    assert len(whole["error"]) == 100_000
