@@ -1,7 +1,8 @@
 """The dashboard's actions: POST only, each behind the token and a CSRF token, each logged.
 
 They go through the code the command line uses: ``app.jobs.cancel_job`` and
-``app.jobs.retry`` (``taskwarren jobs cancel|retry``), and the broker's
+``app.jobs.retry`` (``taskwarren jobs cancel|retry``; on the dashboard's own store
+connections, whose waits are bounded), and the broker's
 :class:`~taskwarren.brokers.capabilities.Admin` ``replay_dead`` / ``purge_dead``
 (``taskwarren dlq replay|purge``). Every attempt is logged as ``web.action`` with the
 action, its target, the outcome and the client's address (never the token).
@@ -21,7 +22,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from taskwarren.brokers.capabilities import Admin, require
 from taskwarren.errors import TaskwarrenError
 from taskwarren.web.auth import CSRF_FIELD, CSRF_HEADER, Session
-from taskwarren.web.context import Web, client_of, is_api, loggable, path_part
+from taskwarren.web.context import TooSlow, Web, client_of, is_api, loggable, path_part
 from taskwarren.web.data import problem_of
 
 __all__ = ["Actions"]
@@ -30,6 +31,8 @@ log = structlog.get_logger("taskwarren.web")
 
 #: The most dead-letter ids one request may name.
 MAX_IDS = 10_000
+#: The longest an action's blocking work may take (then: 503; it may still be done).
+ACTION_TIMEOUT_S = 60.0
 #: The largest JSON body an API action reads.
 MAX_JSON_BYTES = 1024 * 1024
 
@@ -93,7 +96,12 @@ class Actions:
         try:
             fields = await self._fields(request)
             self._authorize(request, fields)
-            status, result = await self.web.run(do, fields)
+            status, result = await self.web.run_within(ACTION_TIMEOUT_S, do, fields)
+        except TooSlow as exc:
+            log.warning("web.action", action=action, target=loggable(target),
+                        outcome="timed out", client=client)
+            return self.web.unavailable(request, f"{exc} (the action may still be done: "
+                                                 "look before trying it again)")
         except Refused as refused:
             log.warning("web.action", action=action, target=loggable(target),
                         outcome="refused", reason=refused.reason, client=client)
@@ -116,7 +124,7 @@ class Actions:
         back = f"/jobs/{path_part(task_id)}"
 
         def do(fields: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-            outcome = self.web.dashboard.warren.jobs.cancel_job(task_id)
+            outcome = self.web.dashboard.jobs.cancel_job(task_id)
             return (200 if outcome.done else 409,
                     {"done": outcome.done, "state": outcome.state, "message": outcome.how,
                      "back": back})
@@ -130,7 +138,7 @@ class Actions:
 
         def do(fields: dict[str, Any]) -> tuple[int, dict[str, Any]]:
             try:
-                job = self.web.dashboard.warren.jobs.retry(task_id)
+                job = self.web.dashboard.jobs.retry(task_id)
             except LookupError as exc:
                 return 409, {"done": False, "message": str(exc.args[0] if exc.args else exc),
                              "back": back}

@@ -18,7 +18,7 @@ from taskwarren.web.auth import Auth
 from taskwarren.web.data import Dashboard
 from taskwarren.web.render import render
 
-__all__ = ["Web", "client_of", "path_part"]
+__all__ = ["TooSlow", "Web", "client_of", "path_part"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -47,11 +47,13 @@ class Web:
         dashboard: the reads.
         auth: sessions and CSRF.
         env: the templates.
+        timeout_s: the longest a page's blocking work may take (then: 503).
     """
 
     dashboard: Dashboard
     auth: Auth
     env: Environment
+    timeout_s: float = 10.0
 
     @staticmethod
     def base(request: Request) -> str:
@@ -83,10 +85,49 @@ class Web:
                                heading="Error", message=message)
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """``fn`` (blocking I/O) on the dashboard's threads."""
+        """``fn`` (blocking I/O) on the dashboard's threads, within :attr:`timeout_s`.
+
+        Raises:
+            TooSlow: it did not finish in time (it goes on in its thread).
+        """
+        return await self.run_within(self.timeout_s, fn, *args, **kwargs)
+
+    async def run_within(self, timeout_s: float, fn: Callable[P, T], *args: P.args,
+                         **kwargs: P.kwargs) -> T:
+        """``fn`` on the dashboard's threads, within ``timeout_s`` (see :meth:`run`)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.dashboard.executor,
-                                          functools.partial(fn, *args, **kwargs))
+        work = loop.run_in_executor(self.dashboard.executor,
+                                    functools.partial(fn, *args, **kwargs))
+        try:
+            return await asyncio.wait_for(work, timeout_s)
+        except TimeoutError:
+            raise TooSlow(timeout_s) from None
+
+    def unavailable(self, request: Request, message: str) -> Response:
+        """A 503 made on the event loop (the threads may all be busy): JSON for the API,
+        else a short page."""
+        if is_api(request):
+            return JSONResponse({"error": message}, status_code=503)
+        body = render(self.env, "message.html", base=self.base(request),
+                      viewer=self.viewer(request), path=path_part, title="Unavailable",
+                      heading="Unavailable", message=message)
+        return HTMLResponse(body, status_code=503)
+
+
+class TooSlow(Exception):
+    """Blocking work that did not finish within its bound (answered 503).
+
+    Args:
+        timeout_s: the bound.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(timeout_s)
+        self.timeout_s = timeout_s
+
+    def __str__(self) -> str:
+        return (f"the job store or the broker did not answer within {self.timeout_s:g} s; "
+                "try again in a moment")
 
 
 def is_api(request: Request) -> bool:

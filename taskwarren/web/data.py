@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,7 @@ from taskwarren.brokers import make_broker
 from taskwarren.brokers.base import Broker
 from taskwarren.brokers.capabilities import Admin, require
 from taskwarren.errors import ConfigurationError, TaskwarrenError
+from taskwarren.jobs import Jobs
 from taskwarren.message import Envelope, decode_kwargs, failure_summary
 from taskwarren.pools import live_pools
 from taskwarren.schedules import list_schedules
@@ -40,6 +42,11 @@ T = TypeVar("T")
 #: Threads that run the dashboard's blocking reads and actions (each holds a store
 #: connection once it has used one).
 THREADS = 8
+#: The longest the dashboard's statements on the job store may wait on a lock (or run, on
+#: PostgreSQL), and its connection attempts take, in seconds.
+STORE_WAIT_S = 5
+#: After the management API failed, how long it is left alone (figures come from AMQP).
+MANAGEMENT_PAUSE_S = 30.0
 #: Where the figures of a queue came from, as the page says it.
 SOURCES = {"management": "RabbitMQ management API", "amqp": "AMQP (passive declare)",
            "sqlite": "embedded SQLite broker", "memory": "in-memory broker"}
@@ -198,6 +205,12 @@ class Dashboard:
             self.management = ManagementAPI(management_url, parse_urls(settings.url)[0].vhost)
         self.listen_s = listen_s
         self.read_timeout_s = read_timeout_s
+        #: The job store, through connections of the dashboard's own whose waits are
+        #: bounded (:data:`STORE_WAIT_S`); actions use them too.
+        self.jobs = Jobs(warren, wait_s=STORE_WAIT_S)
+        #: When the management API last failed, and how (it is then left alone for
+        #: :data:`MANAGEMENT_PAUSE_S`).
+        self._management_failed: tuple[float, str] | None = None
         self._reader: Broker | None = None
         self._reader_lock = threading.Lock()
         #: The threads every blocking read and action runs on.
@@ -225,6 +238,7 @@ class Dashboard:
         """Stop the threads and close the dashboard's own broker connection (the app and
         its connections are the caller's)."""
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.jobs.close()
         with self._reader_lock:
             if self._reader is not None:
                 self._reader.close()
@@ -253,7 +267,7 @@ class Dashboard:
 
     def _counts(self) -> dict[str, int]:
         self._check_store()
-        found = self.warren.jobs.counts()
+        found = self.jobs.counts()
         return {state: found.get(state, 0) for state in STATES}
 
     def jobs_page(self, filters: Filters, cursor: tuple[float, str] | None) -> JobsPage:
@@ -262,7 +276,7 @@ class Dashboard:
         if problem is not None:
             return JobsPage([], None, problem)
         try:
-            found = self.warren.jobs.list(state=filters.state, task=filters.task,
+            found = self.jobs.list(state=filters.state, task=filters.task,
                                           queue=filters.queue, since=filters.since_at,
                                           before=cursor, limit=filters.limit + 1)
         except TaskwarrenError as exc:
@@ -277,7 +291,7 @@ class Dashboard:
         if problem is not None:
             return None, problem
         try:
-            return self.warren.jobs.get(task_id), None
+            return self.jobs.get(task_id), None
         except TaskwarrenError as exc:
             return None, problem_of(exc)
 
@@ -286,12 +300,20 @@ class Dashboard:
         when it fails, saying so), else from the broker."""
         view = QueueView(name, source=self._broker_source())
         note = None
-        if self.management is not None:
+        failed = self._management_failed
+        if failed is not None and time.monotonic() - failed[0] < MANAGEMENT_PAUSE_S:
+            note = (f"the management API failed {time.monotonic() - failed[0]:.0f} s ago "
+                    f"({failed[1]}); these figures come from AMQP")
+        elif self.management is not None:
             try:
                 found = self.management.stats(name)
             except ManagementError as exc:
+                # Every queue after, in this request and the next ones, would wait out
+                # its timeout again: leave it alone for a while.
+                self._management_failed = (time.monotonic(), str(exc))
                 note = f"the management API failed ({exc}); these figures come from AMQP"
             else:
+                self._management_failed = None
                 view.ready, view.unacked, view.consumers = (found.ready, found.unacked,
                                                             found.consumers)
                 view.dead, view.source = found.dead, "management"
