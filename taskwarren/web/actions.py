@@ -5,7 +5,9 @@ They go through the code the command line uses: ``app.jobs.cancel_job`` and
 connections, whose waits are bounded), and the broker's
 :class:`~taskwarren.brokers.capabilities.Admin` ``replay_dead`` / ``purge_dead``
 (``taskwarren dlq replay|purge``). Every attempt is logged as ``web.action`` with the
-action, its target, the outcome and the client's address (never the token).
+action, its target, the outcome, the client's address and ``who``: a short hash of the
+session's id (the same for every action of one session), ``bearer`` for the token sent
+as a header, ``-`` before a session is known (never the token nor a session id).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from taskwarren.brokers.capabilities import Admin, require
 from taskwarren.errors import TaskwarrenError
-from taskwarren.web.auth import CSRF_FIELD, CSRF_HEADER, Session
+from taskwarren.web.auth import CSRF_FIELD, CSRF_HEADER, Session, who
 from taskwarren.web.context import TooSlow, Web, client_of, is_api, loggable, path_part
 from taskwarren.web.data import problem_of
 
@@ -92,27 +94,24 @@ class Actions:
     async def _act(self, request: Request, action: str, target: str,
                    do: Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]) -> Response:
         """Authorize, run ``do`` (blocking) in a thread, log, answer JSON or a page."""
-        client = client_of(request)
+        said = log.bind(action=action, target=loggable(target), client=client_of(request),
+                        who=who(self.web.auth.session(request)))
         try:
             fields = await self._fields(request)
             self._authorize(request, fields)
             status, result = await self.web.run_within(ACTION_TIMEOUT_S, do, fields)
         except TooSlow as exc:
-            log.warning("web.action", action=action, target=loggable(target),
-                        outcome="timed out", client=client)
+            said.warning("web.action", outcome="timed out")
             return self.web.unavailable(request, f"{exc} (the action may still be done: "
                                                  "look before trying it again)")
         except Refused as refused:
-            log.warning("web.action", action=action, target=loggable(target),
-                        outcome="refused", reason=refused.reason, client=client)
+            said.warning("web.action", outcome="refused", reason=refused.reason)
             return await self.web.error(request, refused.status, refused.reason)
         except TaskwarrenError as exc:
-            log.warning("web.action", action=action, target=loggable(target),
-                        outcome="failed", error=problem_of(exc), client=client)
+            said.warning("web.action", outcome="failed", error=problem_of(exc))
             return await self.web.error(request, 503, problem_of(exc))
-        log.info("web.action", action=action, target=loggable(target),
-                 outcome="done" if status < 400 else "not done",
-                 detail=loggable(str(result.get("message", ""))), client=client)
+        said.info("web.action", outcome="done" if status < 400 else "not done",
+                  detail=loggable(str(result.get("message", ""))))
         if is_api(request):
             return JSONResponse(result, status_code=status)
         return await self.web.page(request, "done.html", status, title=action, action=action,
@@ -241,10 +240,12 @@ class Actions:
                 raise Refused(403, "wrong token")
         except Refused as refused:
             log.warning("web.action", action="login", target="-", outcome="refused",
-                        reason=refused.reason, client=client)
+                        reason=refused.reason, client=client,
+                        who=who(auth.session(request)))
             return await self.web.error(request, refused.status, refused.reason)
-        log.info("web.action", action="login", target="-", outcome="done", client=client)
-        _, value = auth.new_session(logged_in=True)
+        session, value = auth.new_session(logged_in=True)
+        log.info("web.action", action="login", target="-", outcome="done", client=client,
+                 who=who(session))
         response = RedirectResponse(self.web.base(request) + _local(fields.get("next")),
                                     status_code=303)
         auth.set_cookie(request, response, value)
@@ -257,10 +258,11 @@ class Actions:
             session = self._authorize(request, fields)
         except Refused as refused:
             log.warning("web.action", action="logout", target="-", outcome="refused",
-                        reason=refused.reason, client=client_of(request))
+                        reason=refused.reason, client=client_of(request),
+                        who=who(self.web.auth.session(request)))
             return await self.web.error(request, refused.status, refused.reason)
         log.info("web.action", action="logout", target="-", outcome="done",
-                 client=client_of(request))
+                 client=client_of(request), who=who(session))
         self.web.auth.end(session)
         response = RedirectResponse(self.web.base(request) + "/", status_code=303)
         self.web.auth.clear_cookie(request, response)

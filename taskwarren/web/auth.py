@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.responses import Response
 
-__all__ = ["COOKIE", "Auth", "Session"]
+__all__ = ["COOKIE", "Auth", "Session", "who"]
 
 #: The session cookie's name.
 COOKIE = "tw_session"
@@ -168,6 +168,16 @@ class Auth:
         """End the session cookie on ``response``."""
         response.delete_cookie(COOKIE, path=_path(request), httponly=True, samesite="strict",
                                secure=request.url.scheme == "https")
+
+
+def who(session: Session | None) -> str:
+    """Who acts, for the log: a short hash of the session's id (never the id, which
+    would let a reader of the log act as them), ``bearer``, or ``-`` for no session."""
+    if session is None:
+        return "-"
+    if session.id == BEARER_SESSION:
+        return BEARER_SESSION
+    return hashlib.sha256(b"taskwarren.web who\x00" + session.id.encode()).hexdigest()[:12]
 
 
 def _digest(text: str) -> bytes:

@@ -339,6 +339,14 @@ def test_actions_are_logged_with_who_and_what_and_never_the_token(
         ("replay", "done")]
     assert actions[1]["target"] == site.queued
     assert all(e["client"] == "testclient" for e in actions)
+    session_id = client.cookies["tw_session"].split(".")[0]
+    mine = {e["who"] for e in actions if e["action"] != "login" or e["outcome"] == "done"}
+    assert len(mine) == 1 and re.fullmatch(r"[0-9a-f]{12}", mine.pop() or "")
+    assert session_id not in repr(logs)
+    with capture_logs() as bearer_logs:
+        TestClient(site.web).post(f"/api/jobs/{site.ok[0]}/cancel",
+                                  headers={"Authorization": f"Bearer {TOKEN}"})
+    assert [e["who"] for e in bearer_logs if e["event"] == "web.action"] == ["bearer"]
     assert TOKEN not in repr(logs)
     out = capsys.readouterr()
     assert TOKEN not in out.out and TOKEN not in out.err
