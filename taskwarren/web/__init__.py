@@ -7,6 +7,11 @@ Pages are rendered on the server, on the dashboard's threads (never on the event
 one small script (no build step, no CDN) refreshes the overview's counters. Everything
 that came from a message is escaped.
 
+Dead letters are read for the dashboard's own queues (its app's, or those given with
+``-Q``), and for any other queue only once logged in: on RabbitMQ, reading them takes
+and gives back messages (as ``taskwarren dlq list`` does), so a view reads at most 100
+and a queue's are read at most once per ``cache_s`` (see :mod:`taskwarren.web.dead`).
+
 Reading needs nothing; acting needs the token (``TASKWARREN_WEB_TOKEN``), a session or
 ``Authorization: Bearer``, and a CSRF token (see :mod:`taskwarren.web.auth`). Without a
 token the dashboard is read-only and every action route answers 403.

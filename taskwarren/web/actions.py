@@ -187,7 +187,10 @@ class Actions:
 
         def do(fields: dict[str, Any]) -> tuple[int, dict[str, Any]]:
             admin, ids = self._dead_letters(name, fields)
-            n = admin.replay_dead(name, ids)
+            try:
+                n = admin.replay_dead(name, ids)
+            finally:
+                self.web.dashboard.dead.forget(name)
             return 200, {"done": True, "count": n, "message": f"replayed {n}", "back": back}
 
         return await self._guarded(request, "replay", name, do)
@@ -203,7 +206,10 @@ class Actions:
                 raise Refused(400, "purging deletes messages for good: confirm it "
                                    "(confirm=yes)")
             admin, ids = self._dead_letters(name, fields)
-            n = admin.purge_dead(name, ids)
+            try:
+                n = admin.purge_dead(name, ids)
+            finally:
+                self.web.dashboard.dead.forget(name)
             return 200, {"done": True, "count": n, "message": f"purged {n}", "back": back}
 
         return await self._guarded(request, "purge", name, do)

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from taskwarren.web.context import Web
-from taskwarren.web.data import cut
+from taskwarren.web.dead import cut
 from taskwarren.web.paging import Filters, decode_cursor
 
 __all__ = ["Api"]
@@ -58,7 +58,7 @@ class Api:
         """``/api/queues/<name>``: a queue's figures and its dead letters."""
         name = request.path_params["name"]
         view = await self.web.run(self.web.dashboard.queue, name)
-        dead = await self.web.run(self.web.dashboard.dead_letters, name)
+        dead = await self.web.dead_letters(request, name)
         body: dict[str, Any] = {"queue": view.as_json(),
                                 "dead_letters": [d.as_json() for d in dead.letters],
                                 "dead_letters_total": dead.total,

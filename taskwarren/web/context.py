@@ -16,6 +16,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from taskwarren.text import printable
 from taskwarren.web.auth import Auth
 from taskwarren.web.data import Dashboard
+from taskwarren.web.dead import DeadLetters
 from taskwarren.web.render import render
 
 __all__ = ["TooSlow", "Web", "client_of", "path_part"]
@@ -83,6 +84,18 @@ class Web:
             return JSONResponse({"error": message}, status_code=status)
         return await self.page(request, "message.html", status, title="Error",
                                heading="Error", message=message)
+
+    async def dead_letters(self, request: Request, name: str) -> DeadLetters:
+        """The dead letters of queue ``name`` that ``request`` may read: those of the
+        app's queues, or of any queue once logged in (reading them on RabbitMQ takes
+        and gives back messages: see :mod:`taskwarren.web.dead`)."""
+        session = self.auth.session(request)
+        if name not in self.dashboard.queue_names and (session is None
+                                                       or not session.logged_in):
+            return DeadLetters([], None, "dead letters are read only for the dashboard's "
+                                         "queues (its app's, or those given with -Q); "
+                                         "log in to read another queue's")
+        return await self.run(self.dashboard.dead_letters, name)
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn`` (blocking I/O) on the dashboard's threads, within :attr:`timeout_s`.

@@ -9,7 +9,6 @@ RabbitMQ management API, AMQP, or the embedded broker.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -26,16 +25,16 @@ from taskwarren.brokers.base import Broker
 from taskwarren.brokers.capabilities import Admin, require
 from taskwarren.errors import ConfigurationError, TaskwarrenError
 from taskwarren.jobs import Jobs
-from taskwarren.message import Envelope, decode_kwargs, failure_summary
 from taskwarren.pools import live_pools
 from taskwarren.schedules import list_schedules
 from taskwarren.store.jobs import STATES, Job
 from taskwarren.urls import AMQP_SCHEMES, parse_urls, scheme_of
 from taskwarren.web.cache import Cached
+from taskwarren.web.dead import DeadLetterReader, DeadLetters
 from taskwarren.web.management import ManagementAPI, ManagementError
 from taskwarren.web.paging import Filters, JobsPage, encode_cursor
 
-__all__ = ["Dashboard", "DeadLetter", "DeadLetters", "QueueView", "cut", "problem_of"]
+__all__ = ["Dashboard", "QueueView", "problem_of"]
 
 T = TypeVar("T")
 
@@ -50,13 +49,7 @@ MANAGEMENT_PAUSE_S = 30.0
 #: Where the figures of a queue came from, as the page says it.
 SOURCES = {"management": "RabbitMQ management API", "amqp": "AMQP (passive declare)",
            "sqlite": "embedded SQLite broker", "memory": "in-memory broker"}
-#: How much of a body that does not decode is shown.
-RAW_BODY_BYTES = 4096
-#: The longest text of a dead letter (its arguments, its error...), and of a job's long
-#: texts in a list of jobs, that pages and the API give (longer ends ``...``).
-MAX_TEXT_CHARS = 4096
-#: The most dead letters a queue's page (and ``/api/queues/<name>``) shows.
-MAX_SHOWN_DEAD = 100
+
 
 
 def problem_of(exc: BaseException) -> str:
@@ -109,71 +102,6 @@ class QueueView:
         return values
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A dead letter as the queue page lists it (every text from the message)."""
-
-    id: str
-    task: str
-    attempt: int
-    error_type: str
-    error: str
-    failed_at: str
-    reason: str | None
-    arguments: str
-
-    @classmethod
-    def of(cls, envelope: Envelope, max_bytes: int) -> DeadLetter:
-        """The dead letter ``envelope``: its arguments as JSON, or as the raw text of its
-        body (cut short) when that cannot be decoded, however it fails (a body nested
-        too deep raises ``RecursionError``)."""
-        error_type, error, failed_at = failure_summary(envelope)
-        try:
-            arguments = json.dumps(decode_kwargs(envelope, max_bytes), ensure_ascii=False,
-                                   default=str)
-        except Exception:  # anything a hostile body makes the decoder raise
-            arguments = _raw_body(envelope)
-        reason = envelope.headers.get("tw-reason")
-        return cls(cut(envelope.message_id), cut(envelope.task), envelope.attempt,
-                   cut(error_type), cut(error), cut(failed_at),
-                   None if reason is None else cut(str(reason)), cut(arguments))
-
-    @classmethod
-    def raw(cls, envelope: Envelope) -> DeadLetter:
-        """``envelope`` shown from its id and raw body only (its headers did not read)."""
-        return cls(cut(str(envelope.message_id)), "", 0, "", "", "", None,
-                   cut(_raw_body(envelope)))
-
-    def as_json(self) -> dict[str, Any]:
-        """The dead letter as the JSON API gives it."""
-        return asdict(self)
-
-
-def cut(text: str, limit: int = MAX_TEXT_CHARS) -> str:
-    """``text`` if at most ``limit`` characters long, else its start ending ``...``."""
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetters:
-    """The dead letters of a queue that a page shows.
-
-    Attributes:
-        letters: the first :data:`MAX_SHOWN_DEAD` of them.
-        total: how many there are (``None``: unknown).
-        problem: why none could be read, if so.
-    """
-
-    letters: list[DeadLetter]
-    total: int | None
-    problem: str | None = None
-
-
-def _raw_body(envelope: Envelope) -> str:
-    """The start of ``envelope``'s body as text (undecodable bytes replaced)."""
-    return cut(envelope.body[:RAW_BODY_BYTES + 1].decode("utf-8", "replace"), RAW_BODY_BYTES)
-
-
 class Dashboard:
     """The dashboard's reads, over one app (its job store, broker and schedules).
 
@@ -219,6 +147,9 @@ class Dashboard:
         self.pools = Cached(lambda: live_pools(self.reader, self.listen_s), cache_s,
                             self.executor, problem_of)
         self.schedules = Cached(self._schedules, cache_s, self.executor, problem_of)
+        self.dead = DeadLetterReader(
+            lambda: require(self.reader, Admin, "dead-letter browsing"),
+            settings.max_message_bytes, cache_s, problem_of)
 
     @property
     def reader(self) -> Broker:
@@ -351,20 +282,9 @@ class Dashboard:
         return "amqp" if scheme in AMQP_SCHEMES else scheme
 
     def dead_letters(self, name: str) -> DeadLetters:
-        """The first :data:`MAX_SHOWN_DEAD` dead letters of queue ``name`` (left where
-        they are) and how many there are, or why they cannot be read."""
-        try:
-            found = require(self.reader, Admin, "dead-letter browsing").dead_letters(name)
-        except TaskwarrenError as exc:
-            return DeadLetters([], None, problem_of(exc))
-        limit = self.warren.settings.max_message_bytes
-        letters = []
-        for envelope in found[:MAX_SHOWN_DEAD]:
-            try:
-                letters.append(DeadLetter.of(envelope, limit))
-            except Exception:  # one poison message never fails the list
-                letters.append(DeadLetter.raw(envelope))
-        return DeadLetters(letters, len(found))
+        """The first dead letters of queue ``name`` (left where they are) and how many
+        there are, or why they cannot be read (see :mod:`taskwarren.web.dead`)."""
+        return self.dead.read(name)
 
     def overview(self) -> dict[str, Any]:
         """Everything the overview shows, as the JSON API gives it."""

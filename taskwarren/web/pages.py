@@ -80,11 +80,17 @@ class Pages:
 
     async def queue(self, request: Request) -> Response:
         """``/queues/<name>``: its figures (and their source) and its first dead letters
-        (:data:`~taskwarren.web.data.MAX_SHOWN_DEAD`), with how many there are."""
+        (:data:`~taskwarren.web.dead.MAX_SHOWN_DEAD`), with how many there are.
+
+        On RabbitMQ, reading dead letters takes them and gives them back (as
+        ``taskwarren dlq list`` does), which counts a delivery of each: so a view reads
+        at most that many, a queue's are read at most once per ``cache_s``, and only
+        for the dashboard's own queues unless the visitor is logged in.
+        """
         name = request.path_params["name"]
         task = request.query_params.get("task", "").strip() or None
         view = await self.web.run(self.web.dashboard.queue, name)
-        dead = await self.web.run(self.web.dashboard.dead_letters, name)
+        dead = await self.web.dead_letters(request, name)
         shown = [d for d in dead.letters if task is None or d.task == task]
         # "Replay all" replays what this page counted, not what arrived since.
         chosen = {"id": [d.id for d in shown]} if task is not None else chosen_fields(
@@ -101,7 +107,7 @@ class Pages:
         when there is nothing to purge or the dead letters could not be read."""
         name = request.path_params["name"]
         ids = request.query_params.getlist("id")
-        dead = await self.web.run(self.web.dashboard.dead_letters, name)
+        dead = await self.web.dead_letters(request, name)
         if ids:
             wanted = set(ids)
             found = [d.id for d in dead.letters if d.id in wanted]

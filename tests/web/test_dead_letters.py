@@ -4,12 +4,14 @@ read and shown is bounded, and reading is cached and kept to the app's queues.""
 from __future__ import annotations
 
 import pytest
+from starlette.testclient import TestClient
 
 from taskwarren.brokers.memory import MemoryBroker
 from taskwarren.message import Envelope, encode, failure_summary
 from taskwarren.store.jobs import JobEvent
-from taskwarren.web import data
-from tests.web.conftest import Site
+from taskwarren.web import app as web_app
+from taskwarren.web import dead
+from tests.web.conftest import TOKEN, Site
 
 #: A body whose decoding overflows the stack (json raises RecursionError).
 NESTED = b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
@@ -51,7 +53,7 @@ def test_a_dead_letter_whose_headers_do_not_read_is_shown_from_its_body(
             raise RecursionError("headers nested too deep")
         return failure_summary(envelope)
 
-    monkeypatch.setattr(data, "failure_summary", summary)
+    monkeypatch.setattr(dead, "failure_summary", summary)
     letters = site.client.get("/api/queues/shop").json()["dead_letters"]
 
     assert len(letters) == 3
@@ -85,7 +87,7 @@ def test_a_huge_argument_is_cut_in_the_page_and_the_api(sqlite_site: Site) -> No
     assert len(page.content) < 100_000 and len(answer.content) < 100_000
     (shown,) = [d for d in answer.json()["dead_letters"] if d["id"] == huge]
     assert shown["arguments"].startswith('{"note": "xxx') and shown["arguments"].endswith("...")
-    assert len(shown["arguments"]) <= data.MAX_TEXT_CHARS
+    assert len(shown["arguments"]) <= dead.MAX_TEXT_CHARS
 
 
 def test_the_jobs_api_cuts_long_texts_in_a_list_and_gives_them_whole_for_one_job(
@@ -99,6 +101,68 @@ def test_the_jobs_api_cuts_long_texts_in_a_list_and_gives_them_whole_for_one_job
     whole = site.client.get("/api/jobs/big").json()
 
     assert listed["id"] == "big"
-    assert len(listed["error"]) <= data.MAX_TEXT_CHARS and listed["error"].endswith("...")
-    assert len(listed["args"]) <= data.MAX_TEXT_CHARS
+    assert len(listed["error"]) <= dead.MAX_TEXT_CHARS and listed["error"].endswith("...")
+    assert len(listed["args"]) <= dead.MAX_TEXT_CHARS
     assert len(whole["error"]) == 100_000
+
+
+def spy_reads(site: Site, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int | None]]:
+    """Every read of dead letters from the site's broker: (queue, limit)."""
+    reads: list[tuple[str, int | None]] = []
+    real = site.app.broker.dead_letters
+
+    def spying(queue: str, limit: int | None = None) -> list[Envelope]:
+        reads.append((queue, limit))
+        return real(queue, limit)
+
+    monkeypatch.setattr(site.app.broker, "dead_letters", spying)
+    return reads
+
+
+def test_a_view_reads_at_most_100_dead_letters_from_the_broker(
+        sqlite_site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads = spy_reads(sqlite_site, monkeypatch)
+
+    sqlite_site.client.get("/queues/shop")
+
+    assert reads == [("shop", dead.MAX_SHOWN_DEAD)]
+
+
+def test_a_queues_dead_letters_are_read_at_most_once_per_cache_time(
+        sqlite_site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    site = sqlite_site
+    reads = spy_reads(site, monkeypatch)
+    cached = web_app(site.app, token=TOKEN, cache_s=5)
+    try:
+        client = site.login(TestClient(cached))
+        for path in ("/queues/shop", "/api/queues/shop", "/queues/shop/purge",
+                     "/queues/shop?task=shop.ship"):
+            assert client.get(path).status_code == 200
+        assert len(reads) == 1
+        client.post("/queues/shop/replay", data={"csrf": site.csrf(client),
+                                                "id": site.dead})
+        letters = client.get("/api/queues/shop").json()["dead_letters"]
+    finally:
+        cached.state.web.dashboard.close()
+
+    assert len(reads) == 2  # acting on them reads them afresh
+    assert [d["id"] for d in letters] == [site.evil]
+
+
+def test_anonymous_visitors_read_dead_letters_of_the_dashboards_queues_only(
+        sqlite_site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    site = sqlite_site
+    reads = spy_reads(site, monkeypatch)
+
+    anonymous = [TestClient(site.web).get(p) for p in (
+        "/queues/elsewhere", "/api/queues/elsewhere", "/queues/elsewhere/purge")]
+    own = site.client.get("/queues/shop")
+    site.login()
+    logged_in = site.client.get("/api/queues/elsewhere")
+
+    assert all(a.status_code == 200 for a in anonymous)
+    assert "log in to read another queue" in anonymous[0].text
+    assert "log in to read" in anonymous[1].json()["dead_letters_problem"]
+    assert own.text.count('data-testid="dead-letter-row"') == 2
+    assert logged_in.json()["dead_letters_problem"] is None
+    assert reads == [("shop", dead.MAX_SHOWN_DEAD), ("elsewhere", dead.MAX_SHOWN_DEAD)]
