@@ -12,6 +12,9 @@ Dead letters are read for the dashboard's own queues (its app's, or those given 
 and gives back messages (as ``taskwarren dlq list`` does), so a view reads at most 100
 and a queue's are read at most once per ``cache_s`` (see :mod:`taskwarren.web.dead`).
 
+Problems (a store or broker that fails) show their kind to anyone and their details
+(a driver's text, host and database names) only once logged in; they are logged.
+
 Reading needs nothing; acting needs the token (``TASKWARREN_WEB_TOKEN``), a session or
 ``Authorization: Bearer``, and a CSRF token (see :mod:`taskwarren.web.auth`). Without a
 token the dashboard is read-only and every action route answers 403.
@@ -69,8 +72,8 @@ JSON API (GET; errors are ``{"error": "..."}`` with a 4xx/5xx status):
 ``/api/session``                ``{"read_only", "logged_in", "csrf"}``
 ==============================  ==========================================================
 
-Actions (POST; form fields, or a JSON object under ``/api/``; each needs the session or
-Bearer token and ``csrf`` / ``X-CSRF-Token``):
+Actions (POST; URL-encoded form fields, or a JSON object, at most 1 MiB; each needs the
+session or Bearer token and ``csrf`` / ``X-CSRF-Token``):
 
 ==========================================  ==============================================
 ``/login``                                  ``token``, ``csrf``, ``next``: sets the session

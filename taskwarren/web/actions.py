@@ -12,7 +12,6 @@ as a header, ``-`` before a session is known (never the token nor a session id).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,17 +25,14 @@ from taskwarren.errors import TaskwarrenError
 from taskwarren.web.auth import CSRF_FIELD, CSRF_HEADER, Session, who
 from taskwarren.web.context import TooSlow, Web, client_of, is_api, loggable, path_part
 from taskwarren.web.data import problem_of
+from taskwarren.web.forms import MAX_IDS, BadBody, read_fields
 
 __all__ = ["Actions"]
 
 log = structlog.get_logger("taskwarren.web")
 
-#: The most dead-letter ids one request may name.
-MAX_IDS = 10_000
 #: The longest an action's blocking work may take (then: 503; it may still be done).
 ACTION_TIMEOUT_S = 60.0
-#: The largest JSON body an API action reads.
-MAX_JSON_BYTES = 1024 * 1024
 
 
 class Refused(Exception):
@@ -60,24 +56,14 @@ class Actions:
         self.web = web
 
     async def _fields(self, request: Request) -> dict[str, Any]:
-        """The request's fields: a JSON object, or the form (``id`` as a list)."""
-        if request.headers.get("content-type", "").startswith("application/json"):
-            body = await request.body()
-            if len(body) > MAX_JSON_BYTES:
-                raise Refused(413, "request body too large")
-            try:
-                found = json.loads(body or b"{}")
-            except ValueError:
-                raise Refused(400, "the body is not JSON") from None
-            if not isinstance(found, dict):
-                raise Refused(400, "the body is not a JSON object")
-            return found
-        form = await request.form(max_files=0, max_fields=MAX_IDS + 10)
-        fields: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str)}
-        fields["ids"] = [v for v in form.getlist("id") if isinstance(v, str)]
-        return fields
+        try:
+            return await read_fields(request)
+        except BadBody as bad:
+            raise Refused(bad.status, bad.reason) from None
 
-    def _authorize(self, request: Request, fields: dict[str, Any]) -> Session:
+    def _session(self, request: Request) -> Session:
+        """The visitor's logged-in session (a cookie or the Bearer token), known before
+        a byte of the body is read."""
         auth = self.web.auth
         if not auth.enabled:
             raise Refused(403, "the dashboard is read-only: start it with "
@@ -85,11 +71,18 @@ class Actions:
         session = auth.session(request)
         if session is None or not session.logged_in:
             raise Refused(403, "log in first (or send Authorization: Bearer <token>)")
+        return session
+
+    async def _authorize(self, request: Request) -> tuple[Session, dict[str, Any]]:
+        """The session and the fields of a request that may act (a CSRF token bound to
+        the session in the fields or the header), else :class:`Refused`."""
+        session = self._session(request)
+        fields = await self._fields(request)
         given = fields.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER)
-        if not isinstance(given, str) or not auth.csrf_ok(session, given):
+        if not isinstance(given, str) or not self.web.auth.csrf_ok(session, given):
             raise Refused(403, "missing or wrong CSRF token (reload the page; API clients "
                                "read theirs from GET /api/session)")
-        return session
+        return session, fields
 
     async def _act(self, request: Request, action: str, target: str,
                    do: Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]) -> Response:
@@ -97,8 +90,9 @@ class Actions:
         said = log.bind(action=action, target=loggable(target), client=client_of(request),
                         who=who(self.web.auth.session(request)))
         try:
-            fields = await self._fields(request)
-            self._authorize(request, fields)
+            if "\x00" in target:
+                raise Refused(400, "a job id or queue name holds no NUL character")
+            _, fields = await self._authorize(request)
             status, result = await self.web.run_within(ACTION_TIMEOUT_S, do, fields)
         except TooSlow as exc:
             said.warning("web.action", outcome="timed out")
@@ -233,13 +227,14 @@ class Actions:
         auth = self.web.auth
         client = client_of(request)
         try:
-            fields = await self._fields(request)
             if not auth.enabled:
                 raise Refused(403, "the dashboard is read-only: there is nothing to log in to")
             session = auth.session(request)
+            if session is None:  # known before the body is read: the login page's cookie
+                raise Refused(403, "missing or wrong CSRF token: reload the login page")
+            fields = await self._fields(request)
             given = fields.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER)
-            if session is None or not isinstance(given, str) or not auth.csrf_ok(session,
-                                                                               given):
+            if not isinstance(given, str) or not auth.csrf_ok(session, given):
                 raise Refused(403, "missing or wrong CSRF token: reload the login page")
             token = fields.get("token")
             if not isinstance(token, str) or not auth.token_matches(token):
@@ -260,8 +255,7 @@ class Actions:
     async def logout(self, request: Request) -> Response:
         """End the session."""
         try:
-            fields = await self._fields(request)
-            session = self._authorize(request, fields)
+            session, _ = await self._authorize(request)
         except Refused as refused:
             log.warning("web.action", action="logout", target="-", outcome="refused",
                         reason=refused.reason, client=client_of(request),

@@ -20,7 +20,10 @@ route answers 403. With one (``TASKWARREN_WEB_TOKEN``, or ``token=``):
   one bound to an anonymous session (set by ``GET /login``), so a login cannot be forged
   either.
 
-The token itself is never logged, shown, or put in a cookie.
+The session (or the Bearer token) is checked before a byte of the body is read; the
+body is then read up to :data:`~taskwarren.web.forms.MAX_BODY_BYTES`. Signatures and
+CSRF tokens are compared as bytes: one that is not ASCII is simply wrong. The token
+itself is never logged, shown, or put in a cookie.
 """
 
 from __future__ import annotations
@@ -126,7 +129,7 @@ class Auth:
             return None
         sid, issued, logged_in, signature = parts
         body = f"{sid}.{issued}.{logged_in}"
-        if not hmac.compare_digest(signature, self._sign("session" + chr(0) + body)):
+        if not _same(signature, self._sign("session" + chr(0) + body)):
             return None
         try:
             issued_at = float(int(issued))
@@ -156,7 +159,7 @@ class Auth:
 
     def csrf_ok(self, session: Session, given: str | None) -> bool:
         """Whether ``given`` is the CSRF token of ``session`` (constant time)."""
-        return bool(given) and hmac.compare_digest(str(given), self.csrf_token(session))
+        return bool(given) and _same(str(given), self.csrf_token(session))
 
     def set_cookie(self, request: Request, response: Response, value: str) -> None:
         """Put the session cookie ``value`` on ``response``."""
@@ -178,6 +181,12 @@ def who(session: Session | None) -> str:
     if session.id == BEARER_SESSION:
         return BEARER_SESSION
     return hashlib.sha256(b"taskwarren.web who\x00" + session.id.encode()).hexdigest()[:12]
+
+
+def _same(given: str, expected: str) -> bool:
+    """Whether ``given`` is ``expected``, in constant time; compared as bytes, since
+    :func:`hmac.compare_digest` refuses (raises on) text that is not ASCII."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode())
 
 
 def _digest(text: str) -> bytes:

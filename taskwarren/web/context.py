@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from taskwarren.text import printable
 from taskwarren.web.auth import Auth
 from taskwarren.web.data import Dashboard
 from taskwarren.web.dead import DeadLetters
+from taskwarren.web.redact import Redactor
 from taskwarren.web.render import render
 
 __all__ = ["TooSlow", "Web", "client_of", "path_part"]
@@ -55,6 +57,7 @@ class Web:
     auth: Auth
     env: Environment
     timeout_s: float = 10.0
+    redactor: Redactor = dataclasses.field(default_factory=Redactor)
 
     @staticmethod
     def base(request: Request) -> str:
@@ -69,11 +72,25 @@ class Web:
                 "actions": logged_in,
                 "csrf": self.auth.csrf_token(session) if session is not None else None}
 
+    def shown(self, request: Request, key: str, value: T) -> T:
+        """``value`` as the visitor may see it: problems in it without their details
+        unless logged in (see :class:`Redactor`)."""
+        session = self.auth.session(request)
+        if session is not None and session.logged_in:
+            return value
+        found: T = self.redactor.value(key, value, 1 if key else 0)
+        return found
+
+    def json(self, request: Request, body: dict[str, Any], status: int = 200) -> Response:
+        """``body`` as JSON, its problems as the visitor may see them."""
+        return JSONResponse(self.shown(request, "", body), status_code=status)
+
     async def page(self, request: Request, template: str, status: int = 200,
                    **context: Any) -> HTMLResponse:
         """Template ``template`` as a response, with the shared context (rendered on the
         dashboard's threads: a page of long texts never holds up the event loop)."""
         context.setdefault("title", "")
+        context = {k: self.shown(request, k, v) for k, v in context.items()}
         body = await self.run(render, self.env, template, base=self.base(request),
                               viewer=self.viewer(request), path=path_part, **context)
         return HTMLResponse(body, status_code=status)
@@ -81,7 +98,7 @@ class Web:
     async def error(self, request: Request, status: int, message: str) -> Response:
         """An error as JSON for ``/api/`` routes, else as a page."""
         if is_api(request):
-            return JSONResponse({"error": message}, status_code=status)
+            return self.json(request, {"error": message}, status)
         return await self.page(request, "message.html", status, title="Error",
                                heading="Error", message=message)
 

@@ -221,6 +221,8 @@ class Dashboard:
         problem = self.store_problem()
         if problem is not None:
             return None, problem
+        if "\x00" in task_id:  # no job has one, and PostgreSQL refuses the query
+            return None, None
         try:
             return self.jobs.get(task_id), None
         except TaskwarrenError as exc:
