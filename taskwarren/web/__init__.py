@@ -31,8 +31,9 @@ Pages (GET):
 ``/queues``                     the app's queues (``?name=Q`` opens queue Q)
 ``/queues/<name>``              its figures and their source, its first 100 dead letters
                                 and how many there are (``?task=``)
-``/queues/<name>/purge``        how many dead letters a purge deletes, and its confirm form
-                                (carrying their ids: it never deletes more than it said)
+``/queues/<name>/purge``        how many dead letters a purge deletes (``?id=``, ``?task=``),
+                                and its confirm form (carrying their ids: it never deletes
+                                more than it said)
 ``/workers``                    live worker pools
 ``/schedules``                  schedules: status, last and next tick, missed ticks
 ``/login``                      the token form
@@ -82,7 +83,8 @@ session or Bearer token and ``csrf`` / ``X-CSRF-Token``):
                                             "message"}`` (409 when it will still run)
 ``/jobs/<id>/retry``, ``/api/...``          ``app.jobs.retry``: ``{"done", "state",
                                             "message"}`` (409 unless dead or cancelled)
-``/queues/<name>/replay``, ``/api/...``     ``id`` (repeated) or ``all=1`` with
+``/queues/<name>/replay``, ``/api/...``     ``id`` (a repeated form field; in JSON,
+                                            ``ids``, a list) or ``all=1`` with
                                             ``expect``, the count of dead letters seen
                                             (409, nothing done, if it changed):
                                             ``Admin.replay_dead``: ``{"done", "count"}``

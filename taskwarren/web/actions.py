@@ -23,7 +23,15 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from taskwarren.brokers.capabilities import Admin, require
 from taskwarren.errors import TaskwarrenError
 from taskwarren.web.auth import CSRF_FIELD, CSRF_HEADER, Session, who
-from taskwarren.web.context import TooSlow, Web, client_of, is_api, loggable, path_part
+from taskwarren.web.context import (
+    TooSlow,
+    Web,
+    client_of,
+    is_api,
+    literal_end,
+    loggable,
+    path_part,
+)
 from taskwarren.web.data import problem_of
 from taskwarren.web.forms import MAX_IDS, BadBody, read_fields
 
@@ -89,6 +97,8 @@ class Actions:
         """Authorize, run ``do`` (blocking) in a thread, log, answer JSON or a page."""
         said = log.bind(action=action, target=loggable(target), client=client_of(request),
                         who=who(self.web.auth.session(request)))
+        if not literal_end(request, action):  # /jobs/x%2Fcancel: no such route
+            return await self.web.error(request, 404, "not found")
         try:
             if "\x00" in target:
                 raise Refused(400, "a job id or queue name holds no NUL character")
@@ -157,8 +167,8 @@ class Actions:
         ids = fields.get("ids")
         if not isinstance(ids, list) or not ids or len(ids) > MAX_IDS \
                 or not all(isinstance(i, str) for i in ids):
-            raise Refused(400, f"name the dead letters: id (1 to {MAX_IDS} of them), or "
-                               "all with expect")
+            raise Refused(400, f"name the dead letters: id (form fields) or ids (a JSON "
+                               f"list), 1 to {MAX_IDS} of them; or all with expect")
         return ids, None
 
     def _dead_letters(self, name: str, fields: dict[str, Any]) -> tuple[Admin,

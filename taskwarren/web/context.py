@@ -21,7 +21,7 @@ from taskwarren.web.dead import DeadLetters
 from taskwarren.web.redact import Redactor
 from taskwarren.web.render import render
 
-__all__ = ["TooSlow", "Web", "client_of", "path_part"]
+__all__ = ["TooSlow", "Web", "client_of", "literal_end", "path_part"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -30,6 +30,15 @@ T = TypeVar("T")
 def path_part(text: str) -> str:
     """``text`` as one path segment (``/`` encoded too)."""
     return quote(text, safe="")
+
+
+def literal_end(request: Request, suffix: str) -> bool:
+    """Whether the request's path really ends in ``/suffix``, not in ``%2Fsuffix`` (the
+    end of a job id or a queue name, which the router sees decoded)."""
+    raw = request.scope.get("raw_path")
+    if not isinstance(raw, bytes):
+        return True
+    return raw.endswith(b"/" + suffix.encode())
 
 
 def client_of(request: Request) -> str:

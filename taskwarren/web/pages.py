@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from taskwarren.store.jobs import CANCELLABLE_STATES, STATES
-from taskwarren.web.context import Web, path_part
+from taskwarren.web.context import Web, literal_end, path_part
 from taskwarren.web.paging import Filters, decode_cursor
 
 __all__ = ["RETRYABLE_STATES", "Pages"]
@@ -87,7 +87,9 @@ class Pages:
         at most that many, a queue's are read at most once per ``cache_s``, and only
         for the dashboard's own queues unless the visitor is logged in.
         """
-        name = request.path_params["name"]
+        return await self._queue(request, request.path_params["name"])
+
+    async def _queue(self, request: Request, name: str) -> Response:
         task = request.query_params.get("task", "").strip() or None
         view = await self.web.run(self.web.dashboard.queue, name)
         dead = await self.web.dead_letters(request, name)
@@ -106,17 +108,21 @@ class Pages:
         again before the purge): a purge never deletes more than this page said. No form
         when there is nothing to purge or the dead letters could not be read."""
         name = request.path_params["name"]
+        if not literal_end(request, "purge"):  # /queues/x%2Fpurge: the queue "x/purge"
+            return await self._queue(request, f"{name}/purge")
         ids = request.query_params.getlist("id")
+        task = request.query_params.get("task", "").strip() or None
         dead = await self.web.dead_letters(request, name)
-        if ids:
+        if ids or task is not None:
             wanted = set(ids)
-            found = [d.id for d in dead.letters if d.id in wanted]
+            found = [d.id for d in dead.letters
+                     if (not ids or d.id in wanted) and (task is None or d.task == task)]
             count, fields = len(found), {"id": found}
         else:
             count = dead.total or 0
             fields = chosen_fields([d.id for d in dead.letters], count)
         return await self.web.page(request, "purge.html", title=f"Purge {name}",
-                                   nav="queues", name=name, ids=ids, count=count,
+                                   nav="queues", name=name, named=bool(ids or task), count=count,
                                    problem=dead.problem,
                                    fields=fields if count and dead.problem is None else None)
 

@@ -117,6 +117,10 @@ def app(warren: Warren | None = None, *, token: str | None = None,
     """The dashboard as an ASGI application (mount it in your own, or serve it with
     ``taskwarren web``).
 
+    Served on its own, it closes its threads and its broker connection at shutdown (its
+    lifespan). Mounted in another application, its lifespan does not run (Starlette
+    runs only the outer one): call ``dashboard.state.close()`` from yours.
+
     Args:
         warren: the app whose job store, broker and schedules it shows (default: one
             built from the environment; it knows the schedules its tasks define).
@@ -157,4 +161,6 @@ def app(warren: Warren | None = None, *, token: str | None = None,
                           exception_handlers={TooSlow: too_slow})
     starlette.add_middleware(SecurityHeaders)
     starlette.state.web = web
+    #: What the lifespan does at shutdown, for an application that mounts this one.
+    starlette.state.close = dashboard.close
     return starlette

@@ -3,13 +3,19 @@ confirm form carries their ids (or, past a cap, the count it showed, checked aga
 
 from __future__ import annotations
 
+import html
+import re
+
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
 from starlette.testclient import TestClient
 
 from taskwarren.errors import BrokerConnectionError
 from taskwarren.message import Envelope
+from taskwarren.web import app as web_app
 from taskwarren.web import pages
-from tests.web.conftest import Site, add_dead, form_fields
+from tests.web.conftest import TOKEN, Site, add_dead, form_fields
 
 
 def dead_count(client: TestClient) -> int:
@@ -103,3 +109,46 @@ def test_no_confirm_form_when_the_dead_letters_could_not_be_read_or_there_are_no
     assert form_fields(empty, "purge-confirm-form") is None
     assert 'data-testid="purge-nothing"' in empty
     assert dead_count(client) == 2
+
+
+def test_purge_these_links_by_task_and_the_confirm_page_names_their_ids(
+        sqlite_site: Site) -> None:
+    site = sqlite_site
+    client = site.login()
+
+    page = client.get("/queues/shop?task=shop.ship").text
+    link = re.search(r'href="([^"]+)">Purge these', page)
+    assert link is not None and html.unescape(link.group(1)) == "/queues/shop/purge?task=shop.ship"
+    confirm = client.get(html.unescape(link.group(1))).text
+    fields = form_fields(confirm, "purge-confirm-form")
+
+    assert 'data-count="1"' in confirm
+    assert fields is not None and fields["id"] == [site.dead]
+
+
+def test_a_queue_or_job_named_like_a_route_is_not_taken_for_the_route(
+        sqlite_site: Site) -> None:
+    site = sqlite_site
+    client = site.login()
+
+    queue = client.get("/queues/x%2Fpurge")
+    confirm = client.get("/queues/x%2Fpurge/purge")
+    cancel = client.post(f"/jobs/{site.queued}%2Fcancel", data={"csrf": site.csrf(client)})
+
+    assert 'data-testid="queue-name">x/purge<' in queue.text
+    assert 'data-testid="purge-count"' not in queue.text
+    assert 'action="/queues/x%2Fpurge/replay"' not in queue.text  # no dead letters there
+    assert 'data-testid="queue-name">x/purge<' in confirm.text
+    assert cancel.status_code == 404
+    assert client.get(f"/api/jobs/{site.queued}").json()["state"] == "queued"
+
+
+def test_an_app_that_mounts_the_dashboard_can_close_it(sqlite_site: Site) -> None:
+    mounted = web_app(sqlite_site.app, token=TOKEN)
+    outer = Starlette(routes=[Mount("/ops", app=mounted)])
+    with TestClient(outer) as client:
+        assert client.get("/ops/healthz").status_code == 200
+
+    mounted.state.close()
+
+    assert mounted.state.web.dashboard.executor._shutdown
