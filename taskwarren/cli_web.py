@@ -27,8 +27,12 @@ def missing_web_modules() -> list[str]:
 @click.option("-Q", "--queues", default=None,
               help="Comma-separated queues the overview shows (default: those of MODULES).")
 @click.option("--url", default=None, help="Broker URL (default: TASKWARREN_URL).")
+@click.option("--forwarded-allow-ips", default=None, metavar="IPS",
+              help="Comma-separated addresses of the reverse proxies whose "
+                   "X-Forwarded-For and X-Forwarded-Proto are believed (default: none; "
+                   "the log then names the address that connected).")
 def web_command(modules: tuple[str, ...], host: str, port: int, queues: str | None,
-                url: str | None) -> None:
+                url: str | None, forwarded_allow_ips: str | None) -> None:
     """Serve the dashboard: jobs, queues, dead letters, workers and schedules.
 
     MODULES (optional) are loaded as `taskwarren worker` loads them: the dashboard then
@@ -51,5 +55,8 @@ def web_command(modules: tuple[str, ...], host: str, port: int, queues: str | No
     click.echo(f"taskwarren dashboard on http://{host}:{port}/ ("
                f"{'actions need the token' if warren.settings.web_token else 'read-only'})",
                err=True)
+    # uvicorn believes X-Forwarded-For from 127.0.0.1 by default: anything on this
+    # machine could then name another client in the action log.
     uvicorn.run(asgi, host=host, port=port, log_level="warning", access_log=False,
-                server_header=False)
+                server_header=False, proxy_headers=forwarded_allow_ips is not None,
+                forwarded_allow_ips=forwarded_allow_ips)

@@ -61,10 +61,18 @@ UNIQUE_TRIES = 5
 
 class Jobs:
     """The jobs of one app's store. Safe to share between threads (each has its own
-    connection, opened on first use)."""
+    connection, opened on first use).
 
-    def __init__(self, app: Warren) -> None:
+    Args:
+        app: the app.
+        wait_s: if given, the most a connection attempt, and a statement waiting on a
+            lock (or running, on PostgreSQL), may take on these connections (see
+            :meth:`~taskwarren.store.job_table.JobTable.limit_waits`).
+    """
+
+    def __init__(self, app: Warren, wait_s: int | None = None) -> None:
         self.app = app
+        self.wait_s = wait_s
         self._tables = ThreadTables(self._open_table)
         self._recorder: JobRecorder | None = None
 
@@ -86,7 +94,15 @@ class Jobs:
         url = self.app.settings.effective_store_url
         if url is None:
             raise ConfigurationError("no job store: set TASKWARREN_STORE_URL")
-        return JobTable(open_store(url, self.app.settings.connect_timeout_s))
+        connect_s = self.app.settings.connect_timeout_s
+        if self.wait_s is None:
+            return JobTable(open_store(url, connect_s))
+        table = JobTable(open_store(url, min(connect_s, self.wait_s)))
+        try:
+            return table.limit_waits(self.wait_s)
+        except BaseException:
+            table.store.close()
+            raise
 
     def close(self) -> None:
         """Close every store connection this app's jobs opened (any thread's)."""

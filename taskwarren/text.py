@@ -26,6 +26,10 @@ def printable(text: object, width: int | None = None, *, lines: bool = False) ->
     escapes (``\\x1b[2J``), whitespace controls as a space (a newline kept when ``lines``),
     cut to ``width`` characters (ending ``...``) if given."""
     raw = "" if text is None else str(text)
+    if width is not None:
+        # Escaping never shortens: the first width + 1 characters decide what is shown
+        # (and that it is cut), so a huge text costs no more than a short one.
+        raw = raw[:width + 1]
     out: list[str] = []
     pos = 0
     for match in _ESCAPES.finditer(raw):

@@ -53,8 +53,9 @@ class Admin(Protocol):
         """Remove every ready message of ``queue``; returns how many."""
         ...
 
-    def dead_letters(self, queue: str) -> list[Envelope]:
-        """Every message in ``queue``'s dead-letter queue, leaving them there."""
+    def dead_letters(self, queue: str, limit: int | None = None) -> list[Envelope]:
+        """The messages in ``queue``'s dead-letter queue (every one, or the first
+        ``limit``: only those are read), leaving them there."""
         ...
 
     def replay_dead(self, queue: str, message_ids: Sequence[str] | None) -> int:

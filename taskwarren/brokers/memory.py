@@ -132,9 +132,9 @@ class MemoryBroker(Broker):
             q.ready.clear()
             return n
 
-    def dead_letters(self, queue: str) -> list[Envelope]:
+    def dead_letters(self, queue: str, limit: int | None = None) -> list[Envelope]:
         with self._cond:
-            return list(self._queue(queue).dead)
+            return list(self._queue(queue).dead[:limit])
 
     def replay_dead(self, queue: str, message_ids: Sequence[str] | None) -> int:
         with self._cond:

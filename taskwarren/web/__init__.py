@@ -3,8 +3,17 @@
 ``taskwarren web [--host 127.0.0.1] [--port 8080] [MODULES...]`` serves it; or mount
 :func:`app` in an ASGI application of your own. It needs the ``web`` extra
 (``pip install 'taskwarren[web]'``: Starlette, Jinja2, uvicorn, python-multipart).
-Pages are rendered on the server; one small script (no build step, no CDN) refreshes
-the overview's counters. Everything that came from a message is escaped.
+Pages are rendered on the server, on the dashboard's threads (never on the event loop);
+one small script (no build step, no CDN) refreshes the overview's counters. Everything
+that came from a message is escaped.
+
+Dead letters are read for the dashboard's own queues (its app's, or those given with
+``-Q``), and for any other queue only once logged in: on RabbitMQ, reading them takes
+and gives back messages (as ``taskwarren dlq list`` does), so a view reads at most 100
+and a queue's are read at most once per ``cache_s`` (see :mod:`taskwarren.web.dead`).
+
+Problems (a store or broker that fails) show their kind to anyone and their details
+(a driver's text, host and database names) only once logged in; they are logged.
 
 Reading needs nothing; acting needs the token (``TASKWARREN_WEB_TOKEN``), a session or
 ``Authorization: Bearer``, and a CSRF token (see :mod:`taskwarren.web.auth`). Without a
@@ -20,8 +29,11 @@ Pages (GET):
                                 keyset cursor of the next page)
 ``/jobs/<id>``                  one job: arguments, attempt, timings, worker, error, traceback
 ``/queues``                     the app's queues (``?name=Q`` opens queue Q)
-``/queues/<name>``              its figures and their source, its dead letters (``?task=``)
-``/queues/<name>/purge``        how many dead letters a purge deletes, and its confirm form
+``/queues/<name>``              its figures and their source, its first 100 dead letters
+                                and how many there are (``?task=``)
+``/queues/<name>/purge``        how many dead letters a purge deletes (``?id=``, ``?task=``),
+                                and its confirm form (carrying their ids: it never deletes
+                                more than it said)
 ``/workers``                    live worker pools
 ``/schedules``                  schedules: status, last and next tick, missed ticks
 ``/login``                      the token form
@@ -37,7 +49,8 @@ JSON API (GET; errors are ``{"error": "..."}`` with a 4xx/5xx status):
                                 "problem"}, "schedules": {"count", "problem"},
                                 "generated_at"}``
 ``/api/jobs``                   ``{"jobs": [job], "next": cursor or null}`` (the filters
-                                of ``/jobs``)
+                                of ``/jobs``; a job's ``args``, ``error`` and ``traceback``
+                                cut to 4,096 characters, ending ``...``)
 ``/api/jobs/<id>``              a job: ``id, task, queue, state, attempt, created_at,
                                 scheduled_at, started_at, finished_at, duration_s, worker,
                                 error, traceback, args, unique_key, updated_at`` (times
@@ -49,7 +62,9 @@ JSON API (GET; errors are ``{"error": "..."}`` with a 4xx/5xx status):
                                 management API)
 ``/api/queues/<name>``          ``{"queue": queue, "dead_letters": [{"id", "task",
                                 "attempt", "error_type", "error", "failed_at", "reason",
-                                "arguments"}], "dead_letters_problem"}``
+                                "arguments"}], "dead_letters_total",
+                                "dead_letters_problem"}``: the first 100 dead letters,
+                                each text cut to 4,096 characters, and how many there are
 ``/api/workers``                ``{"pools": [{"host", "pid", "children", "queues",
                                 "in_flight", "uptime_s"}], "problem"}``
 ``/api/schedules``              ``{"schedules": [{"name", "schedule", "stored", "overlap",
@@ -58,17 +73,20 @@ JSON API (GET; errors are ``{"error": "..."}`` with a 4xx/5xx status):
 ``/api/session``                ``{"read_only", "logged_in", "csrf"}``
 ==============================  ==========================================================
 
-Actions (POST; form fields, or a JSON object under ``/api/``; each needs the session or
-Bearer token and ``csrf`` / ``X-CSRF-Token``):
+Actions (POST; URL-encoded form fields, or a JSON object, at most 1 MiB; each needs the
+session or Bearer token and ``csrf`` / ``X-CSRF-Token``):
 
 ==========================================  ==============================================
 ``/login``                                  ``token``, ``csrf``, ``next``: sets the session
-``/logout``                                 ends it
+``/logout``                                 ends it (the old cookie is refused after)
 ``/jobs/<id>/cancel``, ``/api/...``         ``app.jobs.cancel_job``: ``{"done", "state",
                                             "message"}`` (409 when it will still run)
 ``/jobs/<id>/retry``, ``/api/...``          ``app.jobs.retry``: ``{"done", "state",
                                             "message"}`` (409 unless dead or cancelled)
-``/queues/<name>/replay``, ``/api/...``     ``id`` (repeated) or ``all=1``:
+``/queues/<name>/replay``, ``/api/...``     ``id`` (a repeated form field; in JSON,
+                                            ``ids``, a list) or ``all=1`` with
+                                            ``expect``, the count of dead letters seen
+                                            (409, nothing done, if it changed):
                                             ``Admin.replay_dead``: ``{"done", "count"}``
 ``/queues/<name>/purge``, ``/api/...``      the same and ``confirm=yes``:
                                             ``Admin.purge_dead``: ``{"done", "count"}``

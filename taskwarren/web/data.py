@@ -9,9 +9,9 @@ RabbitMQ management API, AMQP, or the embedded broker.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -24,25 +24,32 @@ from taskwarren.brokers import make_broker
 from taskwarren.brokers.base import Broker
 from taskwarren.brokers.capabilities import Admin, require
 from taskwarren.errors import ConfigurationError, TaskwarrenError
-from taskwarren.message import Envelope, decode_kwargs, failure_summary
+from taskwarren.jobs import Jobs
 from taskwarren.pools import live_pools
 from taskwarren.schedules import list_schedules
 from taskwarren.store.jobs import STATES, Job
 from taskwarren.urls import AMQP_SCHEMES, parse_urls, scheme_of
 from taskwarren.web.cache import Cached
+from taskwarren.web.dead import DeadLetterReader, DeadLetters
 from taskwarren.web.management import ManagementAPI, ManagementError
 from taskwarren.web.paging import Filters, JobsPage, encode_cursor
 
-__all__ = ["Dashboard", "DeadLetter", "QueueView", "problem_of"]
+__all__ = ["Dashboard", "QueueView", "problem_of"]
 
 T = TypeVar("T")
 
 #: Threads that run the dashboard's blocking reads and actions (each holds a store
 #: connection once it has used one).
 THREADS = 8
+#: The longest the dashboard's statements on the job store may wait on a lock (or run, on
+#: PostgreSQL), and its connection attempts take, in seconds.
+STORE_WAIT_S = 5
+#: After the management API failed, how long it is left alone (figures come from AMQP).
+MANAGEMENT_PAUSE_S = 30.0
 #: Where the figures of a queue came from, as the page says it.
 SOURCES = {"management": "RabbitMQ management API", "amqp": "AMQP (passive declare)",
            "sqlite": "embedded SQLite broker", "memory": "in-memory broker"}
+
 
 
 def problem_of(exc: BaseException) -> str:
@@ -95,37 +102,6 @@ class QueueView:
         return values
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A dead letter as the queue page lists it (every text from the message)."""
-
-    id: str
-    task: str
-    attempt: int
-    error_type: str
-    error: str
-    failed_at: str
-    reason: str | None
-    arguments: str
-
-    @classmethod
-    def of(cls, envelope: Envelope, max_bytes: int) -> DeadLetter:
-        """The dead letter ``envelope``."""
-        error_type, error, failed_at = failure_summary(envelope)
-        try:
-            arguments = json.dumps(decode_kwargs(envelope, max_bytes), ensure_ascii=False,
-                                   default=str)
-        except TaskwarrenError:
-            arguments = envelope.body[:4096].decode("utf-8", "replace")
-        reason = envelope.headers.get("tw-reason")
-        return cls(envelope.message_id, envelope.task, envelope.attempt, error_type, error,
-                   failed_at, None if reason is None else str(reason), arguments)
-
-    def as_json(self) -> dict[str, Any]:
-        """The dead letter as the JSON API gives it."""
-        return asdict(self)
-
-
 class Dashboard:
     """The dashboard's reads, over one app (its job store, broker and schedules).
 
@@ -157,6 +133,12 @@ class Dashboard:
             self.management = ManagementAPI(management_url, parse_urls(settings.url)[0].vhost)
         self.listen_s = listen_s
         self.read_timeout_s = read_timeout_s
+        #: The job store, through connections of the dashboard's own whose waits are
+        #: bounded (:data:`STORE_WAIT_S`); actions use them too.
+        self.jobs = Jobs(warren, wait_s=STORE_WAIT_S)
+        #: When the management API last failed, and how (it is then left alone for
+        #: :data:`MANAGEMENT_PAUSE_S`).
+        self._management_failed: tuple[float, str] | None = None
         self._reader: Broker | None = None
         self._reader_lock = threading.Lock()
         #: The threads every blocking read and action runs on.
@@ -165,6 +147,9 @@ class Dashboard:
         self.pools = Cached(lambda: live_pools(self.reader, self.listen_s), cache_s,
                             self.executor, problem_of)
         self.schedules = Cached(self._schedules, cache_s, self.executor, problem_of)
+        self.dead = DeadLetterReader(
+            lambda: require(self.reader, Admin, "dead-letter browsing"),
+            settings.max_message_bytes, cache_s, problem_of)
 
     @property
     def reader(self) -> Broker:
@@ -184,6 +169,7 @@ class Dashboard:
         """Stop the threads and close the dashboard's own broker connection (the app and
         its connections are the caller's)."""
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.jobs.close()
         with self._reader_lock:
             if self._reader is not None:
                 self._reader.close()
@@ -212,7 +198,7 @@ class Dashboard:
 
     def _counts(self) -> dict[str, int]:
         self._check_store()
-        found = self.warren.jobs.counts()
+        found = self.jobs.counts()
         return {state: found.get(state, 0) for state in STATES}
 
     def jobs_page(self, filters: Filters, cursor: tuple[float, str] | None) -> JobsPage:
@@ -221,7 +207,7 @@ class Dashboard:
         if problem is not None:
             return JobsPage([], None, problem)
         try:
-            found = self.warren.jobs.list(state=filters.state, task=filters.task,
+            found = self.jobs.list(state=filters.state, task=filters.task,
                                           queue=filters.queue, since=filters.since_at,
                                           before=cursor, limit=filters.limit + 1)
         except TaskwarrenError as exc:
@@ -235,8 +221,10 @@ class Dashboard:
         problem = self.store_problem()
         if problem is not None:
             return None, problem
+        if "\x00" in task_id:  # no job has one, and PostgreSQL refuses the query
+            return None, None
         try:
-            return self.warren.jobs.get(task_id), None
+            return self.jobs.get(task_id), None
         except TaskwarrenError as exc:
             return None, problem_of(exc)
 
@@ -245,12 +233,20 @@ class Dashboard:
         when it fails, saying so), else from the broker."""
         view = QueueView(name, source=self._broker_source())
         note = None
-        if self.management is not None:
+        failed = self._management_failed
+        if failed is not None and time.monotonic() - failed[0] < MANAGEMENT_PAUSE_S:
+            note = (f"the management API failed {time.monotonic() - failed[0]:.0f} s ago "
+                    f"({failed[1]}); these figures come from AMQP")
+        elif self.management is not None:
             try:
                 found = self.management.stats(name)
             except ManagementError as exc:
+                # Every queue after, in this request and the next ones, would wait out
+                # its timeout again: leave it alone for a while.
+                self._management_failed = (time.monotonic(), str(exc))
                 note = f"the management API failed ({exc}); these figures come from AMQP"
             else:
+                self._management_failed = None
                 view.ready, view.unacked, view.consumers = (found.ready, found.unacked,
                                                             found.consumers)
                 view.dead, view.source = found.dead, "management"
@@ -287,14 +283,10 @@ class Dashboard:
         scheme = self.warren.settings.scheme
         return "amqp" if scheme in AMQP_SCHEMES else scheme
 
-    def dead_letters(self, name: str) -> tuple[list[DeadLetter], str | None]:
-        """The dead letters of queue ``name`` (left where they are), or why not."""
-        try:
-            found = require(self.reader, Admin, "dead-letter browsing").dead_letters(name)
-        except TaskwarrenError as exc:
-            return [], problem_of(exc)
-        limit = self.warren.settings.max_message_bytes
-        return [DeadLetter.of(e, limit) for e in found], None
+    def dead_letters(self, name: str) -> DeadLetters:
+        """The first dead letters of queue ``name`` (left where they are) and how many
+        there are, or why they cannot be read (see :mod:`taskwarren.web.dead`)."""
+        return self.dead.read(name)
 
     def overview(self) -> dict[str, Any]:
         """Everything the overview shows, as the JSON API gives it."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -51,6 +52,9 @@ class Filters:
             value = params.get(name, "").strip()
             return value or None
 
+        for name in ("state", "task", "queue", "since", "limit"):
+            if "\x00" in params.get(name, ""):
+                raise ValueError(f"{name}: a NUL character is not allowed")
         state = given("state")
         if state is not None and state not in STATES:
             raise ValueError(f"unknown state; the states are {', '.join(STATES)}")
@@ -101,12 +105,18 @@ def decode_cursor(text: str) -> tuple[float, str]:
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         created_at, task_id = json.loads(raw)
-    except (ValueError, TypeError, binascii.Error):
+    except (ValueError, TypeError, RecursionError, binascii.Error):
         raise ValueError("malformed page cursor") from None
     if isinstance(created_at, bool) or not isinstance(created_at, (int, float)) \
-            or not isinstance(task_id, str):
+            or not isinstance(task_id, str) or "\x00" in task_id:
         raise ValueError("malformed page cursor")
-    return float(created_at), task_id
+    try:
+        at = float(created_at)
+    except OverflowError:  # an integer of hundreds of digits
+        raise ValueError("malformed page cursor") from None
+    if not math.isfinite(at):  # NaN and Infinity: JSON as Python reads it
+        raise ValueError("malformed page cursor")
+    return at, task_id
 
 
 @dataclass(frozen=True, slots=True)

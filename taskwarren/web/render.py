@@ -21,6 +21,8 @@ __all__ = ["ASSETS", "asset", "environment", "pretty_json"]
 #: The static files served under ``/static/``, with their content types.
 ASSETS = {"dashboard.css": "text/css; charset=utf-8",
           "dashboard.js": "text/javascript; charset=utf-8"}
+#: The longest JSON text :func:`pretty_json` indents (longer is shown as it is).
+MAX_PRETTY_CHARS = 1024 * 1024
 
 
 def _template(name: str) -> str | None:
@@ -60,12 +62,14 @@ def rate(value: float | None) -> str:
 
 
 def pretty_json(text: str | None) -> str:
-    """``text`` indented if it is JSON, else as it is (``-`` for none)."""
+    """``text`` indented if it is JSON (and not huge), else as it is (``-`` for none)."""
     if text is None:
         return "-"
+    if len(text) > MAX_PRETTY_CHARS:
+        return text
     try:
         return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
-    except ValueError:
+    except Exception:  # not JSON, or nested deeper than the decoder goes
         return text
 
 

@@ -16,7 +16,7 @@ from taskwarren.settings import Settings
 from taskwarren.web.actions import Actions
 from taskwarren.web.api import Api
 from taskwarren.web.auth import Auth
-from taskwarren.web.context import Web
+from taskwarren.web.context import TooSlow, Web
 from taskwarren.web.data import Dashboard
 from taskwarren.web.pages import Pages
 from taskwarren.web.render import ASSETS, asset, environment
@@ -113,9 +113,13 @@ def routes(web: Web) -> list[BaseRoute]:
 def app(warren: Warren | None = None, *, token: str | None = None,
         queues: Sequence[str] | None = None, management_url: str | None = None,
         listen_s: float = 1.5, cache_s: float = 5.0,
-        read_timeout_s: float = 3.0) -> Starlette:
+        read_timeout_s: float = 3.0, timeout_s: float = 10.0) -> Starlette:
     """The dashboard as an ASGI application (mount it in your own, or serve it with
     ``taskwarren web``).
+
+    Served on its own, it closes its threads and its broker connection at shutdown (its
+    lifespan). Mounted in another application, its lifespan does not run (Starlette
+    runs only the outer one): call ``dashboard.state.close()`` from yours.
 
     Args:
         warren: the app whose job store, broker and schedules it shows (default: one
@@ -129,6 +133,8 @@ def app(warren: Warren | None = None, *, token: str | None = None,
         cache_s: how long job counts (at most 2 s), pools and schedules are reused.
         read_timeout_s: how long a read from RabbitMQ may take (a page waits no longer
             on a broker that does not answer).
+        timeout_s: how long a page's reads may take in all; past it the answer is 503
+            (an action may take :data:`~taskwarren.web.actions.ACTION_TIMEOUT_S`).
 
     Raises:
         ConfigurationError: a bad setting (a token that is too short, say).
@@ -141,14 +147,20 @@ def app(warren: Warren | None = None, *, token: str | None = None,
     dashboard = Dashboard(warren, queues=queues,
                           management_url=management_url or settings.management_url,
                           listen_s=listen_s, cache_s=cache_s, read_timeout_s=read_timeout_s)
-    web = Web(dashboard, Auth(settings.web_token), environment())
+    web = Web(dashboard, Auth(settings.web_token), environment(), timeout_s)
+
+    async def too_slow(request: Request, exc: Exception) -> Response:
+        return web.unavailable(request, str(exc))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         yield
         dashboard.close()
 
-    starlette = Starlette(routes=routes(web), lifespan=lifespan)
+    starlette = Starlette(routes=routes(web), lifespan=lifespan,
+                          exception_handlers={TooSlow: too_slow})
     starlette.add_middleware(SecurityHeaders)
     starlette.state.web = web
+    #: What the lifespan does at shutdown, for an application that mounts this one.
+    starlette.state.close = dashboard.close
     return starlette

@@ -149,3 +149,15 @@ def test_purge_dead_deletes_the_chosen_ids_or_all(h: Harness) -> None:
     assert h.broker.purge_dead(h.queue, None) == 2
     assert h.broker.dead_letters(h.queue) == []
     assert h.broker.stats(h.queue).dead == 0
+
+
+def test_dead_letters_with_a_limit_reads_only_the_first_and_leaves_all_in_place(
+        h: Harness) -> None:
+    dead = make_dead(h, 3)
+
+    first = h.broker.dead_letters(h.queue, 2)
+
+    assert len(first) == 2 and set(ids(first)) <= set(ids(dead))
+    eventually(lambda: h.broker.stats(h.queue).dead == 3)
+    assert sorted(ids(h.broker.dead_letters(h.queue))) == sorted(ids(dead))
+    assert h.broker.dead_letters(h.queue, 0) == []

@@ -8,6 +8,8 @@ attribute), its dead letters, and the dashboard over it, driven with Starlette's
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -120,3 +122,22 @@ def job_json(site: Site, task_id: str) -> dict[str, Any]:
     assert answer.status_code == 200, answer.text
     found: dict[str, Any] = answer.json()
     return found
+
+
+def form_fields(page: str, form_id: str) -> dict[str, list[str]] | None:
+    """The hidden fields of the form ``form_id`` in ``page`` (``None``: no such form)."""
+    found = re.search(rf'<form [^>]*id="{re.escape(form_id)}"[^>]*>(.*?)</form>', page, re.S)
+    if found is None:
+        return None
+    fields: dict[str, list[str]] = {}
+    for name, value in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">',
+                                  found.group(1)):
+        fields.setdefault(name, []).append(html.unescape(value))
+    return fields
+
+
+def add_dead(site: Site, n: int) -> list[str]:
+    """``n`` more dead letters on queue ``shop`` (their ids)."""
+    ids = [site.ship.send(-100 - i) for i in range(n)]
+    join(site.app, ["shop"], fail_on_error=False)
+    return ids

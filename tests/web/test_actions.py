@@ -4,7 +4,7 @@ with both, goes through the CLI's code paths, and is logged without the token.""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -12,7 +12,8 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 from structlog.testing import capture_logs
 
-from tests.web.conftest import TOKEN, Site, form_csrf, job_json
+from taskwarren.testing import project
+from tests.web.conftest import TOKEN, Site, add_dead, form_csrf, job_json
 
 #: The mutating routes the dashboard has: a new one must be added here, and so tested.
 MUTATING = {
@@ -24,23 +25,32 @@ MUTATING = {
 }
 
 
+#: Every method a route may answer; a route that names none (``methods=None``, as a
+#: class-based ``HTTPEndpoint`` has) answers them all.
+ALL_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+#: The methods that change something.
+WRITES = ("POST", "PUT", "PATCH", "DELETE")
+
+
 def mutating_routes(site: Site) -> Iterator[tuple[str, str]]:
     """(method, path template) of every route that answers anything but GET and HEAD."""
     for route in site.web.routes:
         assert isinstance(route, Route)
-        for method in sorted((route.methods or set()) - {"GET", "HEAD"}):
+        methods = ALL_METHODS if route.methods is None else route.methods
+        for method in sorted(methods - {"GET", "HEAD", "OPTIONS"}):
             yield method, route.path
 
 
 def concrete(site: Site, path: str) -> str:
     """``path`` with a job or queue that the route's action can act on."""
     job = site.dead if path.endswith("/retry") else site.queued
-    return path.replace("{job_id:path}", job).replace("{name:path}", "shop")
+    path = path.replace("{job_id:path}", job).replace("{name:path}", "shop")
+    return re.sub(r"\{[^}]*\}", "x", path)
 
 
 def body(path: str, csrf: str | None, token: str | None = None) -> dict[str, Any]:
     """The fields a route needs to succeed (all dead letters; a confirmed purge)."""
-    fields: dict[str, Any] = {"all": "1", "confirm": "yes", "next": "/"}
+    fields: dict[str, Any] = {"all": "1", "expect": "2", "confirm": "yes", "next": "/"}
     if token is not None:
         fields["token"] = token
     if csrf is not None:
@@ -51,7 +61,8 @@ def body(path: str, csrf: str | None, token: str | None = None) -> dict[str, Any
 def send(client: TestClient, method: str, path: str, fields: dict[str, Any],
          headers: dict[str, str] | None = None) -> Any:
     if path.startswith("/api/"):
-        as_json = {k: True if k in ("all", "confirm") else v for k, v in fields.items()}
+        as_json = {k: True if k in ("all", "confirm") else int(v) if k == "expect" else v
+                   for k, v in fields.items()}
         return client.request(method, path, json=as_json, headers=headers,
                               follow_redirects=False)
     return client.request(method, path, data=fields, headers=headers, follow_redirects=False)
@@ -59,6 +70,20 @@ def send(client: TestClient, method: str, path: str, fields: dict[str, Any],
 
 def test_the_router_has_exactly_the_mutating_routes_this_test_knows(sqlite_site: Site) -> None:
     assert set(mutating_routes(sqlite_site)) == MUTATING
+
+
+def test_every_route_refuses_an_anonymous_write_with_403_or_405(sqlite_site: Site) -> None:
+    site = sqlite_site
+    anonymous = TestClient(site.web)
+    anon_csrf = form_csrf(anonymous.get("/login").text)
+    for route in site.web.routes:
+        assert isinstance(route, Route)
+        path = concrete(site, route.path)
+        for method in WRITES:
+            for client in (anonymous, TestClient(site.web)):
+                answer = send(client, method, path, body(path, anon_csrf))
+                assert answer.status_code in (403, 405), (method, route.path, answer.text)
+    assert_nothing_changed(site)
 
 
 def test_every_mutating_route_refuses_a_request_without_the_token(sqlite_site: Site) -> None:
@@ -104,28 +129,73 @@ def assert_nothing_changed(site: Site) -> None:
     assert site.client.get("/api/queues/shop").json()["queue"]["dead"] == 2
 
 
+def dead_count(site: Site) -> int:
+    found: int = site.client.get("/api/queues/shop").json()["queue"]["dead"]
+    return found
+
+
+def prepared(site: Site, template: str) -> tuple[str, dict[str, Any], Callable[[], None]]:
+    """A path for ``template``, the fields its action needs beyond the CSRF token, and a
+    check that the action happened (each route acts on targets of its own)."""
+    if template.endswith("/cancel"):
+        job = site.later.send(len(template))
+        project(site.app)
+        return template.replace("{job_id:path}", job), {}, lambda: assert_state(
+            site, job, "cancelled")
+    if template.endswith("/retry"):
+        (job,) = add_dead(site, 1)
+        project(site.app)
+        assert job_json(site, job)["state"] == "dead"
+        return template.replace("{job_id:path}", job), {}, lambda: assert_state(
+            site, job, "queued")
+    add_dead(site, 2)
+    count = dead_count(site)
+    ready = site.client.get("/api/queues/shop").json()["queue"]["ready"]
+
+    def emptied() -> None:
+        assert dead_count(site) == 0
+        after = site.client.get("/api/queues/shop").json()["queue"]["ready"]
+        assert after == ready + (count if template.endswith("/replay") else 0)
+
+    fields = {"all": "1", "expect": str(count), "confirm": "yes"}
+    return template.replace("{name:path}", "shop"), fields, emptied
+
+
+def assert_state(site: Site, job: str, state: str) -> None:
+    assert job_json(site, job)["state"] == state, job
+
+
 @pytest.mark.parametrize("how", ["session", "bearer"])
-def test_every_mutating_route_works_with_the_token_and_the_csrf_token(
+def test_every_mutating_route_does_its_action_with_the_token_and_the_csrf_token(
         sqlite_site: Site, how: str) -> None:
     site = sqlite_site
     for method, template in mutating_routes(site):
-        site.app.jobs.table()  # the store is up
-        path = concrete(site, template)
         client = TestClient(site.web)
-        headers = None
         if template == "/login":
             csrf = form_csrf(client.get("/login").text)
-            answer = send(client, method, path, body(path, csrf, TOKEN))
+            answer = send(client, method, template, body(template, csrf, TOKEN))
             assert answer.status_code == 303, answer.text
+            assert client.get("/api/session").json()["logged_in"] is True
             continue
+        headers = None
         if how == "session":
             site.login(client)
             csrf = site.csrf(client)
         else:
             headers = {"Authorization": f"Bearer {TOKEN}"}
             csrf = client.get("/api/session", headers=headers).json()["csrf"]
-        answer = send(client, method, path, body(path, csrf), headers)
-        assert answer.status_code in (200, 303, 409), (method, path, answer.text)
+        if template == "/logout":
+            old = client.cookies.get("tw_session")
+            answer = send(client, method, template, {"csrf": csrf}, headers)
+            assert answer.status_code == 303, answer.text
+            if old is not None:  # a Bearer request has no session to end
+                ended = TestClient(site.web, cookies={"tw_session": old})
+                assert ended.get("/api/session").json()["logged_in"] is False
+            continue
+        path, fields, happened = prepared(site, template)
+        answer = send(client, method, path, {**fields, "csrf": csrf}, headers)
+        assert answer.status_code in (200, 303), (method, path, answer.text)
+        happened()
 
 
 def test_cancel_goes_through_app_jobs_and_says_what_happened(sqlite_site: Site) -> None:
@@ -163,7 +233,8 @@ def test_replay_sends_one_dead_letter_back_and_purge_deletes_the_rest(site: Site
 
     replayed = client.post("/queues/shop/replay", data={"csrf": csrf, "id": site.dead})
     unconfirmed = client.post("/queues/shop/purge", data={"csrf": csrf, "all": "1"})
-    purged = client.post("/api/queues/shop/purge", json={"all": True, "confirm": True},
+    purged = client.post("/api/queues/shop/purge",
+                         json={"all": True, "expect": 1, "confirm": True},
                          headers={"X-CSRF-Token": csrf})
 
     assert "replayed 1" in replayed.text
@@ -260,7 +331,7 @@ def test_actions_are_logged_with_who_and_what_and_never_the_token(
         client.post(f"/jobs/{site.queued}/cancel", data={"csrf": csrf})
         client.post(f"/jobs/{site.queued}/cancel", data={"csrf": "wrong"})
         TestClient(site.web).post("/login", data={"token": TOKEN, "csrf": "nope"})
-        client.post("/queues/shop/replay", data={"csrf": csrf, "all": "1"})
+        client.post("/queues/shop/replay", data={"csrf": csrf, "all": "1", "expect": "2"})
 
     actions = [e for e in logs if e["event"] == "web.action"]
     assert [(e["action"], e["outcome"]) for e in actions] == [
@@ -268,6 +339,14 @@ def test_actions_are_logged_with_who_and_what_and_never_the_token(
         ("replay", "done")]
     assert actions[1]["target"] == site.queued
     assert all(e["client"] == "testclient" for e in actions)
+    session_id = client.cookies["tw_session"].split(".")[0]
+    mine = {e["who"] for e in actions if e["action"] != "login" or e["outcome"] == "done"}
+    assert len(mine) == 1 and re.fullmatch(r"[0-9a-f]{12}", mine.pop() or "")
+    assert session_id not in repr(logs)
+    with capture_logs() as bearer_logs:
+        TestClient(site.web).post(f"/api/jobs/{site.ok[0]}/cancel",
+                                  headers={"Authorization": f"Bearer {TOKEN}"})
+    assert [e["who"] for e in bearer_logs if e["event"] == "web.action"] == ["bearer"]
     assert TOKEN not in repr(logs)
     out = capsys.readouterr()
     assert TOKEN not in out.out and TOKEN not in out.err

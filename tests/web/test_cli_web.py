@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -81,3 +82,22 @@ def test_the_command_serves_the_dashboard_on_localhost(tmp_path: Path) -> None:
         proc.terminate()
         _, err = proc.communicate(timeout=10)
     assert "read-only" in err.decode()
+
+
+@pytest.mark.parametrize(("given", "proxy_headers", "allowed"), [
+    ([], False, None), (["--forwarded-allow-ips", "10.0.0.7"], True, "10.0.0.7")])
+def test_forwarded_headers_are_believed_only_from_the_proxies_named(
+        monkeypatch: pytest.MonkeyPatch, given: list[str], proxy_headers: bool,
+        allowed: str | None) -> None:
+    import uvicorn
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setenv("TASKWARREN_URL", "memory://")
+    monkeypatch.delenv("TASKWARREN_WEB_TOKEN", raising=False)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(kwargs))
+
+    result = CliRunner().invoke(main, ["web", *given])
+
+    assert result.exit_code == 0, result.output
+    assert seen["proxy_headers"] is proxy_headers
+    assert seen["forwarded_allow_ips"] == allowed

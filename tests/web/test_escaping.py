@@ -3,8 +3,16 @@ tracebacks, in every page that shows them."""
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
+import pytest
+
+from taskwarren import text as text_module
 from taskwarren.store.job_table import JobTable
 from taskwarren.store.jobs import JobEvent
+from taskwarren.web import context
+from taskwarren.web.render import visible
 from tests.web.conftest import IMG, SCRIPT, Site
 
 ESCAPED_SCRIPT = "&lt;script&gt;alert(1)&lt;/script&gt;"
@@ -67,3 +75,38 @@ def test_job_ids_with_slashes_and_spaces_have_working_links(sqlite_site: Site) -
 
     assert 'href="/jobs/a%2Fb%20c%3Fd"' in listing
     assert detail.status_code == 200 and 'data-testid="job-id">a/b c?d<' in detail.text
+
+
+def test_visible_cuts_a_long_text_before_escaping_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []
+    chars = text_module._chars
+
+    def counting(part: str, lines: bool) -> str:
+        seen.append(len(part))
+        return chars(part, lines)
+
+    monkeypatch.setattr(text_module, "_chars", counting)
+    shown = visible("\x00" * 1_000_000, 200)
+
+    assert shown == ("\\x00" * 50)[:197] + "..." and len(shown) == 200
+    assert max(seen) <= 201
+    assert visible("ab\x1b[2Jcd", 6) == "ab\\..."
+    assert visible("short", 200) == "short"
+
+
+def test_every_page_is_rendered_on_the_dashboards_threads(
+        sqlite_site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[str] = []
+    real = context.render
+
+    def recording(*args: Any, **kwargs: Any) -> str:
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(context, "render", recording)
+    for path in ("/", "/jobs", "/queues/shop", "/queues/shop/purge", "/login", "/nope/x",
+                 f"/jobs/{sqlite_site.dead}", "/jobs/no-such-job"):
+        sqlite_site.client.get(path)
+
+    assert len(threads) >= 7
+    assert all(name.startswith("taskwarren-web") for name in threads), threads

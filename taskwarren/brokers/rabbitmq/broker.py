@@ -230,13 +230,17 @@ class RabbitMQBroker(Broker):
             count: int = self._with_link(lambda link: link.channel.queue_purge(queue))
             return count
 
-    def dead_letters(self, queue: str) -> list[Envelope]:
-        """Every dead letter of ``queue``, left in place."""
+    def dead_letters(self, queue: str, limit: int | None = None) -> list[Envelope]:
+        """The dead letters of ``queue`` (all, or the first ``limit``), left in place.
+
+        Browsing takes them (unacked, on a channel of its own) and gives them back: each
+        one read counts a delivery, as ``taskwarren dlq list`` does.
+        """
         found: list[Envelope] = []
 
         def browse(link: Link) -> None:
             found.clear()  # a retry after a broken link starts over
-            dead_letters.collect(link, queue, found.append)
+            dead_letters.collect(link, queue, found.append, limit)
 
         with self._lock:
             self._with_link(browse)

@@ -35,10 +35,12 @@ DLQ_REFRESH_COUNT = 10
 DEAD_BATCH = 500
 
 
-def collect(link: Link, queue: str, sink: Callable[[Envelope], None]) -> None:
-    """Give every dead letter of ``queue`` to ``sink``, leaving them there (refreshing
-    the well-worn ones: see :data:`DLQ_REFRESH_COUNT`)."""
-    ch, count, got = _read_dead(link, queue)
+def collect(link: Link, queue: str, sink: Callable[[Envelope], None],
+            limit: int | None = None) -> None:
+    """Give every dead letter of ``queue`` (or the first ``limit``: no more are read) to
+    ``sink``, leaving them there (refreshing the well-worn ones: see
+    :data:`DLQ_REFRESH_COUNT`)."""
+    ch, count, got = _read_dead(link, queue, limit)
     try:
         worn = []
         for msg in got:
@@ -55,22 +57,25 @@ def collect(link: Link, queue: str, sink: Callable[[Envelope], None]) -> None:
         ch.close()
     _await_dead_count(link, queue, count)
 
-def _read_dead(link: Link, queue: str) -> tuple[Any, int, list[Any]]:
-    """A side channel holding every dead letter of ``queue`` unacked, and their count."""
+def _read_dead(link: Link, queue: str, limit: int | None = None) -> tuple[Any, int, list[Any]]:
+    """A side channel holding the dead letters of ``queue`` (all, or the first ``limit``)
+    unacked, and how many there are."""
     dead = dead_queue(queue)
     ch = link.conn.channel()
     _, count, _ = ch.queue_declare(dead, passive=True)
     got: list[Any] = []
-    if not count:
+    wanted = count if limit is None else min(count, limit)
+    if not wanted:
         return ch, count, got
-    # An explicit prefetch: quorum queues cap an unlimited one (at 2000 here).
-    ch.basic_qos(0, min(count, MAX_PREFETCH), False)
+    # An explicit prefetch: quorum queues cap an unlimited one (at 2000 here). It also
+    # keeps the broker from delivering more than ``wanted``.
+    ch.basic_qos(0, min(wanted, MAX_PREFETCH), False)
     tag = ch.basic_consume(dead, callback=got.append, no_ack=False)
-    while len(got) < min(count, MAX_PREFETCH):
+    while len(got) < min(wanted, MAX_PREFETCH):
         if not link.drain(2.0):
             break
     ch.basic_cancel(tag)
-    while len(got) < count:  # beyond what a prefetch can hold: one at a time
+    while len(got) < wanted:  # beyond what a prefetch can hold: one at a time
         msg = ch.basic_get(dead, no_ack=False)
         if msg is None:
             break

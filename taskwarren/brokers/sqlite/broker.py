@@ -164,10 +164,11 @@ class SQLiteBroker(Broker):
                     (queue, time.time()))
                 return cur.rowcount
 
-    def dead_letters(self, queue: str) -> list[Envelope]:
+    def dead_letters(self, queue: str, limit: int | None = None) -> list[Envelope]:
         with self._lock, mapped(f"dead letters of {queue!r}"):
             rows = self._connection().execute(
-                f"SELECT {store.COLUMNS} FROM dead WHERE queue = ? ORDER BY seq", (queue,))
+                f"SELECT {store.COLUMNS} FROM dead WHERE queue = ? ORDER BY seq LIMIT ?",
+                (queue, -1 if limit is None else limit))
             return [store.envelope(r) for r in rows]
 
     def replay_dead(self, queue: str, message_ids: Sequence[str] | None) -> int:

@@ -46,6 +46,8 @@
     }
   }
 
+  // Each poll waits for the answer to the one before (a slow server is never asked
+  // again while it is still working on the last question).
   function refresh() {
     fetch(root + "/api/overview", {headers: {"Accept": "application/json"},
                                    credentials: "same-origin"})
@@ -57,10 +59,15 @@
       .catch(function () {
         var status = document.querySelector("[data-live-status]");
         if (status) { status.classList.add("stale"); }
-      });
+      })
+      .then(schedule);
+  }
+
+  function schedule() {
+    window.setTimeout(refresh, POLL_MS);
   }
 
   if (document.querySelector("[data-live]")) {
-    window.setInterval(refresh, POLL_MS);
+    schedule();
   }
 }());
