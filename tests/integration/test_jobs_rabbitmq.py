@@ -96,6 +96,7 @@ def test_a_cancel_holds_while_the_store_cannot_be_read(jobs: Jobs, ledger: Ledge
     cancelled = jobs.patient.options(delay=3).send(5, str(ledger), 0.1)
     kept = jobs.patient.options(delay=3).send(6, str(ledger), 0.1)
     wait_until(lambda: jobs.state(cancelled) == "scheduled", 30, what="the row")
+    wait_until(lambda: jobs.state(kept) == "scheduled", 30, what="the kept job's row")
     outcome = jobs.app.jobs.cancel_job(cancelled)
     assert outcome.done, outcome
     lock = sqlite3.connect(store_url.split("sqlite:///", 1)[1], isolation_level=None)
