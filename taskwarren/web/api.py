@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 
 from taskwarren.web.context import Web
 from taskwarren.web.dead import cut
-from taskwarren.web.paging import Filters, decode_cursor
+from taskwarren.web.paging import jobs_query
 
 __all__ = ["Api"]
 
@@ -30,9 +30,7 @@ class Api:
         """``/api/jobs``: a page of jobs and the cursor of the next one."""
         params = dict(request.query_params)
         try:
-            filters = Filters.parse(params, time.time())
-            before = params.get("before") or None
-            cursor = decode_cursor(before) if before else None
+            filters, cursor = jobs_query(params, time.time())
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         page = await self.web.run(self.web.dashboard.jobs_page, filters, cursor)

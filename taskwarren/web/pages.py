@@ -9,7 +9,7 @@ from starlette.responses import RedirectResponse, Response
 
 from taskwarren.store.jobs import CANCELLABLE_STATES, STATES
 from taskwarren.web.context import Web, literal_end, path_part
-from taskwarren.web.paging import Filters, decode_cursor
+from taskwarren.web.paging import Filters, jobs_query
 
 __all__ = ["RETRYABLE_STATES", "Pages"]
 
@@ -44,9 +44,7 @@ class Pages:
         """``/jobs``: jobs newest first, filtered, a keyset page at a time."""
         params = dict(request.query_params)
         try:
-            filters = Filters.parse(params, time.time())
-            before = params.get("before") or None
-            cursor = decode_cursor(before) if before else None
+            filters, cursor = jobs_query(params, time.time())
         except ValueError as exc:
             return await self.web.page(request, "jobs.html", 400, title="Jobs", nav="jobs",
                                  states=STATES, filters=Filters(), form=params,

@@ -12,8 +12,15 @@ from datetime import UTC, datetime
 from taskwarren.jobs import since_seconds
 from taskwarren.store.jobs import STATES, Job
 
-__all__ = ["MAX_PAGE_SIZE", "PAGE_SIZE", "Filters", "JobsPage", "decode_cursor",
-           "encode_cursor"]
+__all__ = [
+    "MAX_PAGE_SIZE",
+    "PAGE_SIZE",
+    "Filters",
+    "JobsPage",
+    "decode_cursor",
+    "encode_cursor",
+    "jobs_query",
+]
 
 #: Jobs per page of ``/jobs`` unless asked otherwise, and the most a page may hold.
 PAGE_SIZE = 50
@@ -117,6 +124,16 @@ def decode_cursor(text: str) -> tuple[float, str]:
     if not math.isfinite(at):  # NaN and Infinity: JSON as Python reads it
         raise ValueError("malformed page cursor")
     return at, task_id
+
+
+def jobs_query(params: dict[str, str], now: float) -> tuple[Filters, tuple[float, str] | None]:
+    """The filters and the cursor (``before``) of a ``/jobs`` or ``/api/jobs`` request.
+
+    Raises:
+        ValueError: a malformed filter or cursor (the message says which).
+    """
+    before = params.get("before") or None
+    return Filters.parse(params, now), decode_cursor(before) if before else None
 
 
 @dataclass(frozen=True, slots=True)

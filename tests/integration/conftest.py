@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from taskwarren.store import Store, open_store
 from tests.support.rabbit import PrivateRabbit, Release, require_rabbitmq
 
 
@@ -18,3 +19,12 @@ def node(rabbit_release: Release) -> Iterator[PrivateRabbit]:
     rabbit.start()
     yield rabbit
     rabbit.stop()
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    """The job store at ``store_url``, its tables made, closed afterwards."""
+    s = open_store(store_url)
+    s.init()
+    yield s
+    s.close()

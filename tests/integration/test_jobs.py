@@ -59,14 +59,6 @@ class Shop:
 
 
 @pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url)
-    s.init()
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def shop(store_url: str, store: Store) -> Iterator[Shop]:
     shop = Shop(store_url)
     yield shop

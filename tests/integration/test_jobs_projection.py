@@ -16,17 +16,14 @@ so the check has teeth.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
-
-import pytest
 
 from taskwarren import Warren
 from taskwarren.brokers.base import ACK
 from taskwarren.relays import relay_for
 from taskwarren.retries import Backoff
-from taskwarren.store import Store, open_store
+from taskwarren.store import Store
 from taskwarren.store.job_table import JobTable
 from taskwarren.store.jobs import JobEvent, decode_events, merge
 from taskwarren.store.schema import JOBS, OUTBOX
@@ -60,14 +57,6 @@ class Recording:
     ops: list[Op] = field(default_factory=list)
     table: list[tuple[Any, ...]] = field(default_factory=list)
     cancelled: set[str] = field(default_factory=set)
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url)
-    s.init()
-    yield s
-    s.close()
 
 
 def capture(app: Warren, table: JobTable, log: list[Op]) -> None:

@@ -18,14 +18,11 @@ from __future__ import annotations
 import random
 import threading
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
-
-import pytest
 
 from taskwarren import Warren
 from taskwarren.errors import StoreError
-from taskwarren.store import Store, open_store
+from taskwarren.store import Store
 from taskwarren.store.drivers import lost_race
 from taskwarren.store.schema import JOBS, OUTBOX
 from tests.support.databases import connect
@@ -42,14 +39,6 @@ class Sent:
     asked: str
     got: str
     how: str  # "own" (no db=), "commit" or "rollback"
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url)
-    s.init()
-    yield s
-    s.close()
 
 
 def test_one_job_per_key_when_32_producers_race_with_commits_and_rollbacks(

@@ -51,14 +51,6 @@ class Orders:
 
 
 @pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url)
-    s.init()
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def orders(store_url: str, store: Store) -> Iterator[Orders]:
     orders = Orders(store_url)
     yield orders

@@ -80,14 +80,6 @@ class Clockwork:
 
 
 @pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url)
-    s.init()
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def clock(store_url: str, store: Store) -> Iterator[Clockwork]:
     clockwork = Clockwork(store_url)
     yield clockwork
