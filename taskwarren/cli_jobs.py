@@ -17,7 +17,6 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -30,7 +29,7 @@ from taskwarren.settings import Settings
 from taskwarren.store import open_store
 from taskwarren.store.job_table import JobTable
 from taskwarren.store.jobs import STATES, Job, utc
-from taskwarren.text import printable
+from taskwarren.text import printable, short_time
 from taskwarren.urls import scheme_of
 
 __all__ = ["MAX_LIMIT", "Since", "as_json", "job_table", "jobs_group", "printable",
@@ -38,8 +37,6 @@ __all__ = ["MAX_LIMIT", "Since", "as_json", "job_table", "jobs_group", "printabl
 
 #: The most jobs ``jobs list`` prints (as ``app.jobs.list`` allows).
 MAX_LIMIT = 10_000
-def _short_time(at: float | None) -> str:
-    return "-" if at is None else datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def as_json(job: Job) -> dict[str, Any]:
@@ -150,7 +147,7 @@ def jobs_list(state: str | None, task: str | None, queue: str | None, since: flo
         took = "-" if j.duration_s is None else f"{j.duration_s:.3f}"
         click.echo(f"{printable(j.id, 36):36}  {printable(j.task, 24):24}  "
                    f"{printable(j.queue, 16):16}  {printable(j.state, 9):9}  {j.attempt:>3}  "
-                   f"{_short_time(j.created_at):19}  {took:>8}  "
+                   f"{short_time(j.created_at):19}  {took:>8}  "
                    f"{printable(j.error, 60)}".rstrip())
     if len(jobs) == limit:
         click.echo(f"(the newest {limit}; --limit shows more)", err=True)
@@ -173,11 +170,11 @@ def jobs_show(task_id: str, as_json_: bool, store_url: str | None) -> None:
     for label, value in (("id", job.id), ("task", job.task), ("queue", job.queue),
                          ("state", job.state), ("attempt", job.attempt),
                          ("worker", job.worker or "-"), ("unique key", job.unique_key or "-"),
-                         ("sent", _short_time(job.created_at)),
-                         ("scheduled for", _short_time(job.scheduled_at)),
-                         ("started", _short_time(job.started_at)),
-                         ("finished", _short_time(job.finished_at)), ("took", took),
-                         ("updated", _short_time(job.updated_at)),
+                         ("sent", short_time(job.created_at)),
+                         ("scheduled for", short_time(job.scheduled_at)),
+                         ("started", short_time(job.started_at)),
+                         ("finished", short_time(job.finished_at)), ("took", took),
+                         ("updated", short_time(job.updated_at)),
                          ("arguments", job.args if job.args is not None else "-"),
                          ("error", job.error or "-")):
         click.echo(f"{label + ':':15}{printable(value, 4_000)}")

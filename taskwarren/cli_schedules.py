@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import click
 
@@ -20,7 +19,7 @@ from taskwarren.cli_loading import load_app
 from taskwarren.errors import ConfigurationError, StoreError, StoreNotInitializedError
 from taskwarren.schedules import check_schedules, list_schedules, run_scheduler
 from taskwarren.settings import Settings
-from taskwarren.text import printable
+from taskwarren.text import printable, short_time
 
 
 def scheduler_sidecars(app: Warren) -> list[Callable[[threading.Event], None]]:
@@ -42,11 +41,6 @@ def scheduler_sidecars(app: Warren) -> list[Callable[[threading.Event], None]]:
     except (ConfigurationError, StoreError) as exc:
         raise click.ClickException(str(exc)) from None
     return [lambda stop: run_scheduler(app, stop)] if specs else []
-
-
-def _time(tick: int | None) -> str:
-    return "-" if tick is None else datetime.fromtimestamp(tick, UTC).strftime(
-        "%Y-%m-%d %H:%M:%S")
 
 
 @click.command("schedules")
@@ -77,7 +71,7 @@ def schedules_command(modules: tuple[str, ...], url: str | None, as_json: bool) 
               "MISSED", "LAST JOB")
     lines = [header] + [
         (printable(e["name"], 50), printable(e["schedule"], 70), e["overlap"] or "-",
-         e["status"], _time(e["_last"]), _time(e["_next"]), str(e["missed"]),
+         e["status"], short_time(e["_last"]), short_time(e["_next"]), str(e["missed"]),
          printable(e["last_job"] or "-", 36)) for e in listed]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for line in lines:

@@ -30,6 +30,7 @@ from taskwarren.cron import Cron, Every, rule_text
 from taskwarren.errors import ConfigurationError, StoreError
 from taskwarren.message import Envelope, encode
 from taskwarren.store import open_store
+from taskwarren.store.jobs import utc
 from taskwarren.store.schedules import Pass, ScheduleRow, ScheduleSpec, ScheduleTable
 from taskwarren.task import SCHEDULED_AT, Task
 from taskwarren.text import printable
@@ -242,7 +243,7 @@ class Scheduler:
         assert result.next_tick is not None
         self.due[spec.name] = float(result.next_tick)
         for tick, task_id in result.enqueued:
-            log.info("schedule.enqueued", schedule=spec.name, tick=_iso(tick), task_id=task_id)
+            log.info("schedule.enqueued", schedule=spec.name, tick=utc(tick), task_id=task_id)
         if result.enqueued:
             self.skips[spec.name] = 0
         for tick, holder in result.skipped:
@@ -250,18 +251,14 @@ class Scheduler:
             event = log.info
             if skips == SKIPS_WARNING or skips % (SKIPS_WARNING * 10) == 0:
                 event = log.warning  # its job is stuck, or no projector records its end
-            event("schedule.skipped", schedule=spec.name, tick=_iso(tick), live_job=holder,
+            event("schedule.skipped", schedule=spec.name, tick=utc(tick), live_job=holder,
                   skipped_in_a_row=skips,
                   reason="overlap: the previous job is still queued or running")
         if result.missed and result.missed_span is not None:
             first, last = result.missed_span
             log.warning("schedule.missed", schedule=spec.name, ticks=result.missed,
-                        first=_iso(first), last=_iso(last),
+                        first=utc(first), last=utc(last),
                         catch_up_s=self.app.settings.schedule_catch_up_s)
-
-
-def _iso(tick: int) -> str:
-    return datetime.fromtimestamp(tick, UTC).isoformat()
 
 
 def run_scheduler(app: Warren, stop: threading.Event) -> None:
@@ -339,7 +336,6 @@ def _entry(name: str, mine: str | None, overlap: str | None, row: ScheduleRow | 
     return {
         "name": name, "schedule": mine if mine is not None else (row.spec if row else None),
         "stored": row.spec if row else None, "overlap": overlap, "status": status,
-        "last_tick": None if last_tick is None else _iso(last_tick),
-        "next_tick": None if next_tick is None else _iso(next_tick),
+        "last_tick": utc(last_tick), "next_tick": utc(next_tick),
         "missed": row.missed if row else 0, "last_job": row.last_job if row else None,
         "_last": last_tick, "_next": next_tick}

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from datetime import UTC, datetime
 
-__all__ = ["printable"]
+__all__ = ["printable", "short_time"]
 
 #: ANSI escape sequences: CSI (``ESC [ ... final``), OSC (``ESC ] ... BEL or ESC \\``),
 #: and any other two-character escape.
@@ -55,3 +56,8 @@ def _chars(text: str, lines: bool) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def short_time(at: float | None) -> str:
+    """``at`` (seconds since the epoch) as ``2026-12-07 10:00:00`` (UTC), or ``-``."""
+    return "-" if at is None else datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S")

@@ -14,7 +14,7 @@ from typing import Any
 
 from jinja2 import Environment, FunctionLoader, StrictUndefined
 
-from taskwarren.text import printable
+from taskwarren.text import printable, short_time
 
 __all__ = ["ASSETS", "asset", "environment", "pretty_json"]
 
@@ -39,11 +39,8 @@ def asset(name: str) -> bytes | None:
     return resources.files("taskwarren.web").joinpath("static", name).read_bytes()
 
 
-def when(at: float | None) -> str:
-    """``at`` (seconds since the epoch) as ``2026-12-07 10:00:00`` UTC, or ``-``."""
-    if at is None:
-        return "-"
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+#: ``at`` (seconds since the epoch) as ``2026-12-07 10:00:00`` UTC, or ``-``.
+when = short_time
 
 
 def iso(at: float | None) -> str:
