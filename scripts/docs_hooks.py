@@ -1,0 +1,346 @@
+"""MkDocs hooks: the site's pages take their text from README.md and from the code.
+
+README.md stays the user's entry point and the one place prose is written; a page
+under ``docs/`` names what it shows with a directive on a line of its own, which this
+hook replaces with the text at build time, so the site cannot drift from README or
+from the code:
+
+- ``<!-- readme: section="Dashboard" -->``: a ``##`` section of README.md, without its
+  heading (the page has its own); its sub-headings move up one level.
+- ``<!-- readme: topic="Task." -->``: a paragraph that opens with ``**Task.**``, up to
+  the next paragraph that opens with a bold label, or a heading.
+- ``<!-- readme: paragraph="Settings come from" -->``: the paragraph opening with it.
+- ``<!-- readme: item="`dlq list`" -->``: the list item (``- ...``) opening with it.
+- ``<!-- file: path="deploy/README.md" -->``: a whole Markdown file of the repository,
+  its ``#`` title dropped and sub-headings moved up one level.
+- ``<!-- generated: settings -->``, ``metrics``, ``alerts``: tables built from
+  ``taskwarren/settings.py``, ``taskwarren/middleware/metrics.py`` and
+  ``deploy/prometheus/alerts.yml``.
+
+A directive whose text is not found stops the build (a README heading renamed without
+its page). Every ``##`` section of README.md that no page shows gets a page of its own
+under "More" in the navigation, so a section added to README appears on the site.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mkdocs.config.defaults import MkDocsConfig
+from mkdocs.exceptions import PluginError
+from mkdocs.structure.files import File, Files
+from mkdocs.structure.pages import Page
+
+#: The repository's root: mkdocs.yml sits there.
+ROOT = Path(__file__).resolve().parent.parent
+#: README sections the site leaves out: they are about this repository, not the library.
+README_ONLY = frozenset({"The two commands", "Development"})
+#: Where pages made for README sections that no page claims go.
+MORE_DIR = "more"
+
+_DIRECTIVE_RE = re.compile(r"^<!-- (readme|file|generated): ?(.*?) -->$", re.MULTILINE)
+_HEADING_RE = re.compile(r"^(#{1,6}) ", re.MULTILINE)
+_LABEL_RE = re.compile(r"^\*\*[^*\n]+\*\*")
+_FENCE_RE = re.compile(r"^\s*(```|~~~)")
+
+
+# --- README parsing ---------------------------------------------------------------
+
+
+def _lines_outside_fences(text: str) -> list[tuple[str, bool]]:
+    """Each line of ``text`` with whether it is prose (outside a fenced code block)."""
+    out, fenced = [], False
+    for line in text.split("\n"):
+        if _FENCE_RE.match(line):
+            out.append((line, False))
+            fenced = not fenced
+            continue
+        out.append((line, not fenced))
+    return out
+
+
+def sections(text: str) -> dict[str, str]:
+    """README's ``##`` sections: heading text -> body (without the heading line)."""
+    found: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line, prose in _lines_outside_fences(text):
+        if prose and line.startswith("## "):
+            current = found.setdefault(line[3:].strip(), [])
+            continue
+        if prose and line.startswith("# "):
+            current = None
+            continue
+        if current is not None:
+            current.append(line)
+    return {name: "\n".join(body).strip("\n") for name, body in found.items()}
+
+
+def _shift_headings(text: str, levels: int) -> str:
+    """Move every heading outside code blocks up ``levels`` levels (``###`` -> ``##``)."""
+    out = []
+    for line, prose in _lines_outside_fences(text):
+        match = _HEADING_RE.match(line) if prose else None
+        if match and len(match[1]) > levels + 1:
+            line = line[levels:]
+        out.append(line)
+    return "\n".join(out)
+
+
+def _block(text: str, start: str, ends: Any) -> str | None:
+    """The lines of ``text`` from the first prose line that starts with ``start`` up to,
+    not including, the first later line for which ``ends(line, previous_line)`` holds."""
+    lines = _lines_outside_fences(text)
+    for i, (line, prose) in enumerate(lines):
+        if prose and line.startswith(start):
+            block = [line]
+            for j in range(i + 1, len(lines)):
+                later, later_prose = lines[j]
+                if later_prose and ends(later, lines[j - 1][0]):
+                    break
+                block.append(later)
+            return "\n".join(block).strip("\n")
+    return None
+
+
+def _topic_ends(line: str, previous: str) -> bool:
+    return line.startswith("#") or (previous.strip() == "" and bool(_LABEL_RE.match(line)))
+
+
+def _paragraph_ends(line: str, previous: str) -> bool:
+    return line.strip() == ""
+
+
+def _item_ends(line: str, previous: str) -> bool:
+    return line.strip() == "" or line.startswith("- ")
+
+
+def extract(readme: str, kind: str, value: str) -> str | None:
+    """The README text a ``readme:`` directive names, or None if there is none."""
+    if kind == "section":
+        body = sections(readme).get(value)
+        return None if body is None else _shift_headings(body, 1)
+    if kind == "topic":
+        return _block(readme, f"**{value}**", _topic_ends)
+    if kind == "paragraph":
+        return _block(readme, value, _paragraph_ends)
+    if kind == "item":
+        return _block(readme, f"- {value}", _item_ends)
+    return None
+
+
+def _arguments(raw: str) -> dict[str, str]:
+    args = {}
+    for word in shlex.split(raw):
+        key, sep, value = word.partition("=")
+        if not sep:
+            raise PluginError(f"docs directive: {raw!r}: expected key=\"value\"")
+        args[key] = value
+    return args
+
+
+def claimed_sections(docs_dir: Path) -> set[str]:
+    """The README sections that pages under ``docs_dir`` show whole."""
+    claimed = set()
+    for page in docs_dir.rglob("*.md"):
+        for kind, raw in _DIRECTIVE_RE.findall(page.read_text(encoding="utf-8")):
+            if kind == "readme":
+                args = _arguments(raw)
+                if "section" in args:
+                    claimed.add(args["section"])
+    return claimed
+
+
+# --- links ------------------------------------------------------------------------
+
+
+def _fix_links(text: str, page_path: str) -> str:
+    """README's links are relative to the repository root; make them relative to the page.
+
+    Links into ``docs/`` become links to the site's own files.
+    """
+    page_dir = posixpath.dirname(page_path)
+
+    def relink(match: re.Match[str]) -> str:
+        target = match[2]
+        if target.startswith("docs/"):
+            target = posixpath.relpath(target[len("docs/"):], page_dir or ".")
+        return f"{match[1]}({target})"
+
+    return re.sub(r"(!?\[[^\]]*\])\(([^)\s]+)\)", relink, text)
+
+
+# --- generated tables -------------------------------------------------------------
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def settings_table() -> str:
+    """Every setting, from :class:`taskwarren.settings.Settings` and its docstring."""
+    from annotated_types import Ge, Gt
+
+    from taskwarren import settings
+
+    meaning = _attribute_docs(settings.Settings.__doc__ or "")
+    rows = ["| variable | `Warren(...)` keyword | type | default | meaning |",
+            "| --- | --- | --- | --- | --- |"]
+    fields = settings.Settings.model_fields
+    for variable, name in settings._ENV_FIELDS.items():
+        info = fields[name]
+        kind = _type_name(info.annotation)
+        bounds = [f"≥ {m.ge}" for m in info.metadata if isinstance(m, Ge)]
+        bounds += [f"> {m.gt}" for m in info.metadata if isinstance(m, Gt)]
+        if bounds:
+            kind += ", " + ", ".join(bounds)
+        default = "none" if info.default is None else f"`{info.default}`"
+        if name not in meaning:
+            raise PluginError(f"Settings.{name} has no line in the Settings docstring")
+        rows.append(f"| `{variable}` | `{name}` | {_cell(kind)} | {default} | "
+                    f"{_cell(meaning[name])} |")
+    missing = set(fields) - set(settings._ENV_FIELDS.values())
+    if missing:
+        raise PluginError(f"settings without a TASKWARREN_* variable: {sorted(missing)}")
+    return "\n".join(rows)
+
+
+def _type_name(annotation: Any) -> str:
+    args = getattr(annotation, "__args__", ())
+    if getattr(annotation, "__origin__", None) is not None and all(
+            isinstance(a, str) for a in args):  # Literal["quorum", "classic"]
+        return " or ".join(f"`{a}`" for a in args)
+    text = getattr(annotation, "__name__", None) or str(annotation)
+    return f"`{text.replace('NoneType', 'None')}`"
+
+
+def _attribute_docs(doc: str) -> dict[str, str]:
+    """The ``Attributes:`` section of a Google-style docstring: name -> text."""
+    out: dict[str, str] = {}
+    inside, current = False, None
+    for line in doc.split("\n"):
+        if line.strip() == "Attributes:":
+            inside = True
+            continue
+        if not inside:
+            continue
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        match = re.match(r"\s*(\w+): (.*)", line)
+        if match and (current is None or indent <= out_indent):
+            current, out_indent = match[1], indent
+            out[current] = match[2]
+        elif current is not None and indent > out_indent:
+            out[current] += " " + line.strip()
+        else:
+            break
+    return {k: re.sub(r":(?:func|class|meth|mod|data):`~?([^`]+)`", r"`\1`", v)
+            for k, v in out.items()}
+
+
+def metrics_table() -> str:
+    """Every Prometheus metric a worker pool serves, from the metrics middleware."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from taskwarren.middleware import metrics
+
+    rows = ["| metric | type | labels | meaning |", "| --- | --- | --- | --- |"]
+    for value in vars(metrics).values():
+        if isinstance(value, MetricWrapperBase):
+            name = value._name + ("_total" if value._type == "counter" else "")
+            labels = ", ".join(f"`{label}`" for label in value._labelnames) or "none"
+            rows.append(f"| `{name}` | {value._type} | {labels} | "
+                        f"{_cell(value._documentation)} |")
+    return "\n".join(rows)
+
+
+def alerts_table() -> str:
+    """Every alert rule in deploy/prometheus/alerts.yml."""
+    rules = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())
+    rows = ["| alert | severity | for | when | what it means |",
+            "| --- | --- | --- | --- | --- |"]
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            if "alert" not in rule:
+                continue
+            note = rule.get("annotations", {})
+            text = note.get("summary", "") + (" " + note["description"]
+                                              if "description" in note else "")
+            rows.append(f"| `{rule['alert']}` | {rule.get('labels', {}).get('severity', '')} | "
+                        f"{rule.get('for', '')} | `{_cell(rule['expr'])}` | "
+                        f"{_cell(text)} |")
+    return "\n".join(rows)
+
+
+GENERATED = {"settings": settings_table, "metrics": metrics_table, "alerts": alerts_table}
+
+
+# --- mkdocs events ----------------------------------------------------------------
+
+
+def _readme() -> str:
+    return (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def _unclaimed(config: MkDocsConfig) -> dict[str, str]:
+    """README sections no page shows: heading -> the page path made for it."""
+    claimed = claimed_sections(Path(config.docs_dir))
+    return {name: f"{MORE_DIR}/{_slug(name)}.md" for name in sections(_readme())
+            if name not in claimed and name not in README_ONLY}
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def on_config(config: MkDocsConfig) -> MkDocsConfig:
+    """Use this checkout's taskwarren, and give unclaimed README sections a nav entry."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    extra = _unclaimed(config)
+    if extra and config.nav is not None:
+        config.nav.append({"More": [{name: path} for name, path in extra.items()]})
+    return config
+
+
+def on_files(files: Files, config: MkDocsConfig) -> Files:
+    """Make a page for each README section that no page shows."""
+    for name, path in _unclaimed(config).items():
+        files.append(File.generated(config, path, content=(
+            f"# {name}\n\n<!-- readme: section=\"{name}\" -->\n")))
+    return files
+
+
+def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Files) -> str:
+    """Replace each directive with the text it names."""
+    readme: str | None = None
+    src = page.file.src_uri
+
+    def expand(match: re.Match[str]) -> str:
+        nonlocal readme
+        kind, raw = match[1], match[2]
+        if kind == "generated":
+            maker = GENERATED.get(raw.strip())
+            if maker is None:
+                raise PluginError(f"{src}: no generated table {raw.strip()!r}")
+            return maker()
+        args = _arguments(raw)
+        if kind == "file":
+            text = (ROOT / args["path"]).read_text(encoding="utf-8")
+            body = re.sub(r"\A# .*\n", "", text)
+            return _shift_headings(body.strip("\n"), 1)
+        if readme is None:
+            readme = _readme()
+        [(what, value)] = args.items()
+        text = extract(readme, what, value)
+        if text is None:
+            raise PluginError(f"{src}: README.md has no {what} {value!r}")
+        return _fix_links(text, src)
+
+    return _DIRECTIVE_RE.sub(expand, markdown)
