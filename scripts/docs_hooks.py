@@ -11,11 +11,16 @@ from the code:
   the next paragraph that opens with a bold label, or a heading.
 - ``<!-- readme: paragraph="Settings come from" -->``: the paragraph opening with it.
 - ``<!-- readme: item="`dlq list`" -->``: the list item (``- ...``) opening with it.
+- ``<!-- readme: rest="Concepts" -->``: every topic of that section that no page shows
+  with ``topic=``, under a heading "Other topics" (nothing when every topic has a page).
+- ``<!-- readme: covers="Configuration" -->``: nothing; says a page shows that section
+  in parts, so it gets no page of its own.
 - ``<!-- file: path="deploy/README.md" -->``: a whole Markdown file of the repository,
   its ``#`` title dropped and sub-headings moved up one level.
 - ``<!-- generated: settings -->``, ``metrics``, ``alerts``: tables built from
   ``taskwarren/settings.py``, ``taskwarren/middleware/metrics.py`` and
-  ``deploy/prometheus/alerts.yml``.
+  ``deploy/prometheus/alerts.yml``; ``api``: the mkdocstrings block that documents
+  exactly the names in ``taskwarren.__all__``.
 
 A directive whose text is not found stops the build (a README heading renamed without
 its page). Every ``##`` section of README.md that no page shows gets a page of its own
@@ -144,16 +149,45 @@ def _arguments(raw: str) -> dict[str, str]:
     return args
 
 
-def claimed_sections(docs_dir: Path) -> set[str]:
-    """The README sections that pages under ``docs_dir`` show whole."""
-    claimed = set()
+def claimed(docs_dir: Path, what: str) -> set[str]:
+    """The values of every ``readme:`` directive of kind ``what`` under ``docs_dir``."""
+    found = set()
     for page in docs_dir.rglob("*.md"):
         for kind, raw in _DIRECTIVE_RE.findall(page.read_text(encoding="utf-8")):
             if kind == "readme":
                 args = _arguments(raw)
-                if "section" in args:
-                    claimed.add(args["section"])
-    return claimed
+                if what in args:
+                    found.add(args[what])
+    return found
+
+
+def claimed_sections(docs_dir: Path) -> set[str]:
+    """The README sections that pages under ``docs_dir`` show, whole or in parts."""
+    return claimed(docs_dir, "section") | claimed(docs_dir, "rest") | claimed(docs_dir, "covers")
+
+
+def topics(text: str) -> list[str]:
+    """The labels of the bold-labelled paragraphs in ``text`` (``Task.`` for ``**Task.**``)."""
+    out, previous = [], ""
+    for line, prose in _lines_outside_fences(text):
+        match = _LABEL_RE.match(line) if prose and previous.strip() == "" else None
+        if match:
+            out.append(match[0][2:-2])
+        previous = line
+    return out
+
+
+def rest(readme: str, section: str, docs_dir: Path) -> str | None:
+    """The topics of a README section that no page shows with ``topic=``."""
+    body = sections(readme).get(section)
+    if body is None:
+        return None
+    shown = claimed(docs_dir, "topic")
+    blocks = [_block(body, f"**{label}**", _topic_ends) or ""
+              for label in topics(body) if label not in shown]
+    if not blocks:
+        return ""
+    return "## Other topics\n\n" + "\n\n".join(blocks)
 
 
 # --- links ------------------------------------------------------------------------
@@ -216,7 +250,7 @@ def _type_name(annotation: Any) -> str:
             isinstance(a, str) for a in args):  # Literal["quorum", "classic"]
         return " or ".join(f"`{a}`" for a in args)
     text = getattr(annotation, "__name__", None) or str(annotation)
-    return f"`{text.replace('NoneType', 'None')}`"
+    return " or ".join(f"`{part}`" for part in text.replace("NoneType", "None").split(" | "))
 
 
 def _attribute_docs(doc: str) -> dict[str, str]:
@@ -273,12 +307,24 @@ def alerts_table() -> str:
             text = note.get("summary", "") + (" " + note["description"]
                                               if "description" in note else "")
             rows.append(f"| `{rule['alert']}` | {rule.get('labels', {}).get('severity', '')} | "
-                        f"{rule.get('for', '')} | `{_cell(rule['expr'])}` | "
+                        f"{rule.get('for', '')} | `{' '.join(rule['expr'].split())}` | "
                         f"{_cell(text)} |")
     return "\n".join(rows)
 
 
-GENERATED = {"settings": settings_table, "metrics": metrics_table, "alerts": alerts_table}
+def api_block() -> str:
+    """The mkdocstrings block for ``taskwarren``, its members exactly ``__all__``."""
+    import taskwarren
+
+    members = "".join(f"\n        - {name}" for name in sorted(taskwarren.__all__))
+    return ("::: taskwarren\n    options:\n      show_root_heading: false\n"
+            "      show_submodules: false\n      members_order: alphabetical\n"
+            "      show_if_no_docstring: true\n      filters: []\n"
+            f"      members:{members}\n")
+
+
+GENERATED = {"settings": settings_table, "metrics": metrics_table, "alerts": alerts_table,
+             "api": api_block}
 
 
 # --- mkdocs events ----------------------------------------------------------------
@@ -338,7 +384,12 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
         if readme is None:
             readme = _readme()
         [(what, value)] = args.items()
-        text = extract(readme, what, value)
+        if what == "covers":
+            return ""
+        if what == "rest":
+            text = rest(readme, value, Path(config.docs_dir))
+        else:
+            text = extract(readme, what, value)
         if text is None:
             raise PluginError(f"{src}: README.md has no {what} {value!r}")
         return _fix_links(text, src)
