@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
+import yaml  # type: ignore[import-untyped]  # mkdocs needs PyYAML; its stubs are not here
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File, Files
@@ -256,7 +256,7 @@ def _type_name(annotation: Any) -> str:
 def _attribute_docs(doc: str) -> dict[str, str]:
     """The ``Attributes:`` section of a Google-style docstring: name -> text."""
     out: dict[str, str] = {}
-    inside, current = False, None
+    inside, current, out_indent = False, None, 0
     for line in doc.split("\n"):
         if line.strip() == "Attributes:":
             inside = True
@@ -387,11 +387,11 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
         if what == "covers":
             return ""
         if what == "rest":
-            text = rest(readme, value, Path(config.docs_dir))
+            found = rest(readme, value, Path(config.docs_dir))
         else:
-            text = extract(readme, what, value)
-        if text is None:
+            found = extract(readme, what, value)
+        if found is None:
             raise PluginError(f"{src}: README.md has no {what} {value!r}")
-        return _fix_links(text, src)
+        return _fix_links(found, src)
 
     return _DIRECTIVE_RE.sub(expand, markdown)

@@ -46,7 +46,7 @@ class FunctionsOverSubmodules(griffe.Extension):
                 continue
             inside = f"{pkg.path}.{name}."
             for member in pkg.members.values():
-                if member.is_alias and member.target_path.startswith(inside):
+                if isinstance(member, griffe.Alias) and member.target_path.startswith(inside):
                     member.resolve_target()
             pkg.members[name] = func
 
