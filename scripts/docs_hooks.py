@@ -16,7 +16,7 @@ from the code:
 - ``<!-- readme: covers="Configuration" -->``: nothing; says a page shows that section
   in parts, so it gets no page of its own.
 - ``<!-- file: path="deploy/README.md" -->``: a whole Markdown file of the repository,
-  its ``#`` title dropped and sub-headings moved up one level.
+  its ``#`` title dropped (the page has its own).
 - ``<!-- generated: settings -->``, ``metrics``, ``alerts``: tables built from
   ``taskwarren/settings.py``, ``taskwarren/middleware/metrics.py`` and
   ``deploy/prometheus/alerts.yml``; ``api``: the mkdocstrings block that documents
@@ -313,14 +313,24 @@ def alerts_table() -> str:
 
 
 def api_block() -> str:
-    """The mkdocstrings block for ``taskwarren``, its members exactly ``__all__``."""
+    """The mkdocstrings blocks for ``taskwarren``, its members exactly ``__all__``.
+
+    Members without a docstring of their own (attributes a class docstring describes)
+    are left out, except the names of ``__all__`` themselves (``__version__``).
+    """
     import taskwarren
 
-    members = "".join(f"\n        - {name}" for name in sorted(taskwarren.__all__))
-    return ("::: taskwarren\n    options:\n      show_root_heading: false\n"
-            "      show_submodules: false\n      members_order: alphabetical\n"
-            "      show_if_no_docstring: true\n      filters: []\n"
-            f"      members:{members}\n")
+    names = sorted(taskwarren.__all__)
+    documented = [n for n in names if getattr(taskwarren, n).__doc__ is not None
+                  and not isinstance(getattr(taskwarren, n), str)]
+    members = "".join(f"\n        - {name}" for name in documented)
+    blocks = ["::: taskwarren\n    options:\n      show_root_heading: false\n"
+              "      show_submodules: false\n      members_order: alphabetical\n"
+              f"      filters: [\"!^_[^_]\"]\n      members:{members}\n"]
+    blocks += [f"::: taskwarren.{name}\n    options:\n      show_if_no_docstring: true\n"
+               "      show_root_full_path: true\n      heading_level: 2\n"
+               for name in names if name not in documented]
+    return "\n".join(blocks)
 
 
 GENERATED = {"settings": settings_table, "metrics": metrics_table, "alerts": alerts_table,
@@ -379,8 +389,7 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
         args = _arguments(raw)
         if kind == "file":
             text = (ROOT / args["path"]).read_text(encoding="utf-8")
-            body = re.sub(r"\A# .*\n", "", text)
-            return _shift_headings(body.strip("\n"), 1)
+            return re.sub(r"\A# .*\n", "", text).strip("\n")
         if readme is None:
             readme = _readme()
         [(what, value)] = args.items()
