@@ -89,6 +89,18 @@ def test_the_api_reference_documents_every_public_name(site: Path) -> None:
     assert ":meth:" not in source and ":class:" not in source
 
 
+def test_every_command_is_in_the_command_line_reference(site: Path) -> None:
+    from taskwarren.cli import main
+
+    source = (site / "reference" / "cli" / "index.html").read_text(encoding="utf-8")
+    anchors = set(re.findall(r'<h\d id="(taskwarren[\w-]*)"', source))
+    assert main.commands
+    for name, command in main.commands.items():
+        assert f"taskwarren-{name}" in anchors
+        for sub in getattr(command, "commands", {}):
+            assert f"taskwarren-{name}-{sub}" in anchors
+
+
 def test_every_metric_and_alert_is_listed(site: Path) -> None:
     metrics = page_text(site, "operations/metrics")
     for name in ("taskwarren_tasks_total", "taskwarren_child_restarts_total",
