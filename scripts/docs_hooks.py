@@ -24,7 +24,8 @@ from the code:
 
 A directive whose text is not found stops the build (a README heading renamed without
 its page). Every ``##`` section of README.md that no page shows gets a page of its own
-under "More" in the navigation, so a section added to README appears on the site.
+(under the nav group ``PLACES`` names, else "More"), so a section added to README
+appears on the site.
 """
 
 from __future__ import annotations
@@ -46,8 +47,19 @@ from mkdocs.structure.pages import Page
 ROOT = Path(__file__).resolve().parent.parent
 #: README sections the site leaves out: they are about this repository, not the library.
 README_ONLY = frozenset({"The two commands", "Development"})
-#: Where pages made for README sections that no page claims go.
-MORE_DIR = "more"
+#: Where the page made for a README section that no page claims goes: its nav group and
+#: folder (sections other helpers are adding now have a place waiting); any other such
+#: section goes to "More".
+PLACES = {
+    "Async tasks": ("Concepts", "concepts"),
+    "Tracing": ("Operations", "operations"),
+    "Logging": ("Operations", "operations"),
+    "Testing your tasks": ("Guides", "guides"),
+    "Django": ("Guides", "guides"),
+    "FastAPI": ("Guides", "guides"),
+}
+#: The nav group and folder of any other unclaimed section.
+MORE = ("More", "more")
 
 _DIRECTIVE_RE = re.compile(r"^<!-- (readme|file|generated): ?(.*?) -->$", re.MULTILINE)
 _HEADING_RE = re.compile(r"^(#{1,6}) ", re.MULTILINE)
@@ -193,18 +205,59 @@ def rest(readme: str, section: str, docs_dir: Path) -> str | None:
 # --- links ------------------------------------------------------------------------
 
 
-def _fix_links(text: str, page_path: str) -> str:
-    """README's links are relative to the repository root; make them relative to the page.
+def _anchors(readme: str, pages: dict[str, str]) -> dict[str, str]:
+    """README's in-page anchors (``#async-tasks``) -> where they are on the site.
 
-    Links into ``docs/`` become links to the site's own files.
+    ``pages`` maps a section to the page that shows it whole; a section's own anchor
+    leads to its page, the anchors of its sub-headings to the page and heading.
+    """
+    from markdown.extensions.toc import slugify  # type: ignore[import-untyped]
+
+    out = {}
+    for name, body in sections(readme).items():
+        page = pages.get(name)
+        if page is None:
+            continue
+        out[slugify(name, "-")] = page
+        for line, prose in _lines_outside_fences(body):
+            if prose and line.startswith("### "):
+                anchor = slugify(line.lstrip("#").strip(), "-")
+                out[anchor] = f"{page}#{anchor}"
+    return out
+
+
+#: README anchor -> page path (and anchor) on the site; filled in ``on_files``.
+ANCHORS: dict[str, str] = {}
+
+
+def _fix_links(text: str, page_path: str) -> str:
+    """README's links are relative to the repository root; make them work on the site.
+
+    Links into ``docs/`` become links relative to the page, and README anchors
+    (``#async-tasks``) links to the page that shows that section (the text alone when no
+    page shows it whole). A link to any other file of the repository
+    (``benchmarks/README.md``) is not part of the site: it becomes its text and the
+    file's path, as code. Web links stay as they are.
     """
     page_dir = posixpath.dirname(page_path)
 
     def relink(match: re.Match[str]) -> str:
-        target = match[2]
+        label, target = match[1], match[2]
         if target.startswith("docs/"):
-            target = posixpath.relpath(target[len("docs/"):], page_dir or ".")
-        return f"{match[1]}({target})"
+            return f"{label}({posixpath.relpath(target[len('docs/'):], page_dir or '.')})"
+        text = label[label.index("[") + 1:-1]
+        if target.startswith("#"):
+            where = ANCHORS.get(target[1:])
+            if where is None:
+                return text
+            path, _, anchor = where.partition("#")
+            if path == page_path:
+                return f"{label}(#{anchor})" if anchor else text
+            rel = posixpath.relpath(path, page_dir or ".")
+            return f"{label}({rel}{'#' + anchor if anchor else ''})"
+        if re.match(r"[a-z][a-z0-9+.-]*:|/", target):
+            return f"{label}({target})"
+        return f"{text} (`{target}`)" if text.strip("`") != target else f"`{target}`"
 
     return re.sub(r"(!?\[[^\]]*\])\(([^)\s]+)\)", relink, text)
 
@@ -344,11 +397,20 @@ def _readme() -> str:
     return (ROOT / "README.md").read_text(encoding="utf-8")
 
 
-def _unclaimed(config: MkDocsConfig) -> dict[str, str]:
-    """README sections no page shows: heading -> the page path made for it."""
-    claimed = claimed_sections(Path(config.docs_dir))
-    return {name: f"{MORE_DIR}/{_slug(name)}.md" for name in sections(_readme())
-            if name not in claimed and name not in README_ONLY}
+def _unclaimed(config: MkDocsConfig) -> dict[str, tuple[str, str]]:
+    """README sections no page shows: heading -> (nav group, path of the page made)."""
+    docs_dir = Path(config.docs_dir)
+    claimed = claimed_sections(docs_dir)
+    out = {}
+    for name in sections(_readme()):
+        if name in claimed or name in README_ONLY:
+            continue
+        group, folder = PLACES.get(name, MORE)
+        path = f"{folder}/{_slug(name)}.md"
+        if (docs_dir / path).exists():
+            group, path = MORE[0], f"{MORE[1]}/{_slug(name)}.md"
+        out[name] = (group, path)
+    return out
 
 
 def _slug(name: str) -> str:
@@ -359,17 +421,32 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
     """Use this checkout's taskwarren, and give unclaimed README sections a nav entry."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    extra = _unclaimed(config)
-    if extra and config.nav is not None:
-        config.nav.append({"More": [{name: path} for name, path in extra.items()]})
+    if config.nav is None:
+        return config
+    for name, (group, path) in _unclaimed(config).items():
+        entries = next((item[group] for item in config.nav
+                        if isinstance(item, dict) and group in item), None)
+        if entries is None:
+            entries = []
+            config.nav.append({group: entries})
+        entries.append({name: path})
     return config
 
 
 def on_files(files: Files, config: MkDocsConfig) -> Files:
-    """Make a page for each README section that no page shows."""
-    for name, path in _unclaimed(config).items():
+    """Make a page for each README section that no page shows; map README's anchors."""
+    pages = {}
+    for name, (_, path) in _unclaimed(config).items():
         files.append(File.generated(config, path, content=(
             f"# {name}\n\n<!-- readme: section=\"{name}\" -->\n")))
+        pages[name] = path
+    for page in Path(config.docs_dir).rglob("*.md"):
+        for kind, raw in _DIRECTIVE_RE.findall(page.read_text(encoding="utf-8")):
+            section = _arguments(raw).get("section") if kind == "readme" else None
+            if section is not None:
+                pages[section] = page.relative_to(config.docs_dir).as_posix()
+    ANCHORS.clear()
+    ANCHORS.update(_anchors(_readme(), pages))
     return files
 
 
@@ -400,7 +477,8 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
         else:
             found = extract(readme, what, value)
         if found is None:
-            raise PluginError(f"{src}: README.md has no {what} {value!r}")
+            raise PluginError(f"{src}: README.md has no {what} {value!r}; if README renamed "
+                              f"or removed it, change or drop that line of docs/{src}")
         return _fix_links(found, src)
 
     return _DIRECTIVE_RE.sub(expand, markdown)

@@ -202,3 +202,15 @@ def test_every_docstring_in_the_package_reads_as_google_style(
         parsed = parse(package)
     assert parsed > 500
     assert [r.getMessage() for r in caplog.records] == []
+
+
+def test_readme_links_are_made_to_work_on_the_site() -> None:
+    hooks = _hooks()
+    hooks.ANCHORS.update({"async-tasks": "concepts/async-tasks.md",
+                          "run-it": "migrating/jobs-table.md#run-it"})
+    fixed = hooks._fix_links(
+        "[async](#async-tasks) [run](#run-it) [gone](#nowhere) ![s](docs/screenshots/a.png) "
+        "[bench](benchmarks/README.md) [x](https://example.org/y)", "concepts/tasks.md")
+    assert fixed == ("[async](async-tasks.md) [run](../migrating/jobs-table.md#run-it) gone "
+                     "![s](../screenshots/a.png) bench (`benchmarks/README.md`) "
+                     "[x](https://example.org/y)")
