@@ -34,6 +34,7 @@ import posixpath
 import re
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: README sections the site leaves out: they are about this repository, not the library.
 README_ONLY = frozenset({"The two commands", "Development"})
 #: Where the page made for a README section that no page claims goes: its nav group and
-#: folder (sections other helpers are adding now have a place waiting); any other such
+#: folder (the sections issue 16 adds to README have their place here); any other such
 #: section goes to "More".
 PLACES = {
     "Async tasks": ("Concepts", "concepts"),
@@ -109,7 +110,7 @@ def _shift_headings(text: str, levels: int) -> str:
     return "\n".join(out)
 
 
-def _block(text: str, start: str, ends: Any) -> str | None:
+def _block(text: str, start: str, ends: Callable[[str, str], bool]) -> str | None:
     """The lines of ``text`` from the first prose line that starts with ``start`` up to,
     not including, the first later line for which ``ends(line, previous_line)`` holds."""
     lines = _lines_outside_fences(text)
