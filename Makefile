@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install lint typecheck test all demo clean
+.PHONY: install lint typecheck test docs all demo clean
 
 # The library with its test tools, and the email pipeline (its own distribution, in
 # workers/), which adds `taskwarren demo`.
@@ -23,10 +23,15 @@ typecheck: install
 test: lint typecheck
 	PY=$(PY) tests/support/run_tests.sh
 
-all: test
+# The documentation site into site/, warnings as errors (tests/unit/test_docs_build.py
+# builds it too). NO_MKDOCS_2_WARNING: mkdocs-material's banner about MkDocs 2.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+all: test docs
 
 demo: install
 	$(VENV)/bin/taskwarren demo
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache site
