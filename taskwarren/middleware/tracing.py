@@ -14,7 +14,7 @@ from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from taskwarren.message import H_TRACE
 from taskwarren.middleware.base import Middleware, TaskRun
-from taskwarren import tracing
+from taskwarren.tracing import enter, leave, parse_traceparent
 
 #: Key of this middleware's (token, log tokens, thread) in :attr:`TaskRun.state`.
 _STATE = "tracing.context"
@@ -26,8 +26,8 @@ class TraceContext(Middleware):
     def before_process(self, run: TaskRun) -> None:
         """Enter the message's trace context (none if its header is missing or invalid)."""
         header = run.envelope.headers.get(H_TRACE) if run.envelope is not None else None
-        parent = tracing.parse_traceparent(header)
-        token = tracing.enter(parent)
+        parent = parse_traceparent(header)
+        token = enter(parent)
         logged = bind_contextvars(trace_id=parent.trace_id) if parent is not None else None
         run.state[_STATE] = (token, logged, threading.get_ident())
 
@@ -41,4 +41,4 @@ class TraceContext(Middleware):
             return
         if logged is not None:
             reset_contextvars(**logged)
-        tracing.leave(token)
+        leave(token)
