@@ -2,21 +2,19 @@
 
 Registered by default, after the log context: it makes the delivered message's valid
 ``tw-trace`` header the current trace context (:mod:`taskwarren.tracing`) while the
-task runs, and binds its ``trace_id`` to the log context, so the task's log lines can
-be found from its trace. A malformed header is ignored.
+task runs. A malformed header is ignored. (:class:`~taskwarren.middleware.LogContext`
+binds its ``trace_id`` to the task's log lines.)
 """
 
 from __future__ import annotations
 
 import threading
 
-from structlog.contextvars import bind_contextvars, reset_contextvars
-
 from taskwarren.message import H_TRACE
 from taskwarren.middleware.base import Middleware, TaskRun
 from taskwarren.tracing import enter, leave, parse_traceparent
 
-#: Key of this middleware's (token, log tokens, thread) in :attr:`TaskRun.state`.
+#: Key of this middleware's (token, thread) in :attr:`TaskRun.state`.
 _STATE = "tracing.context"
 
 
@@ -26,19 +24,13 @@ class TraceContext(Middleware):
     def before_process(self, run: TaskRun) -> None:
         """Enter the message's trace context (none if its header is missing or invalid)."""
         header = run.envelope.headers.get(H_TRACE) if run.envelope is not None else None
-        parent = parse_traceparent(header)
-        token = enter(parent)
-        logged = bind_contextvars(trace_id=parent.trace_id) if parent is not None else None
-        run.state[_STATE] = (token, logged, threading.get_ident())
+        run.state[_STATE] = (enter(parse_traceparent(header)), threading.get_ident())
 
     def after_process(self, run: TaskRun) -> None:
         """Leave it (only on the thread that entered it: a context is per thread)."""
         entered = run.state.pop(_STATE, None)
         if entered is None:
             return
-        token, logged, thread = entered
-        if thread != threading.get_ident():
-            return
-        if logged is not None:
-            reset_contextvars(**logged)
-        leave(token)
+        token, thread = entered
+        if thread == threading.get_ident():
+            leave(token)
