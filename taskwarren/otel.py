@@ -38,7 +38,8 @@ from opentelemetry.trace import (
 
 from taskwarren.message import H_TRACE, MAX_ECHO_CHARS, Envelope, clip
 from taskwarren.middleware.base import EVENTS_QUEUE, UNKNOWN_TASK, Middleware, TaskRun, describe
-from taskwarren.tracing import parse_traceparent
+from taskwarren.middleware.tracing import trace_parent
+from taskwarren.tracing import TraceParent, parse_traceparent
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -62,9 +63,11 @@ def _system(app: Warren | None) -> str:
     return "rabbitmq" if scheme in ("amqp", "amqps") else f"taskwarren.{scheme}"
 
 
-def _header_context(envelope: Envelope | None) -> otel_context.Context | None:
-    """The context of a message's valid ``tw-trace`` header, or ``None``."""
-    parent = parse_traceparent(envelope.headers.get(H_TRACE)) if envelope is not None else None
+def _header_context(envelope: Envelope | None, parent: TraceParent | None = None
+                    ) -> otel_context.Context | None:
+    """The context of ``parent``, else of a message's valid ``tw-trace`` header, or ``None``."""
+    if parent is None and envelope is not None:
+        parent = parse_traceparent(envelope.headers.get(H_TRACE))
     if parent is None:
         return None
     remote = SpanContext(trace_id=int(parent.trace_id, 16), span_id=int(parent.parent_id, 16),
@@ -165,7 +168,7 @@ class OpenTelemetry(Middleware):
         attributes["taskwarren.attempt"] = run.attempt
         attributes["taskwarren.redelivered"] = run.redelivered
         # A message's own trace context, never the worker's: a delivery starts anew.
-        parent = _header_context(run.envelope) or otel_context.Context()
+        parent = _header_context(None, trace_parent(run)) or otel_context.Context()
         return self._tracer.start_span(f"process {run.queue}", context=parent,
                                        kind=SpanKind.CONSUMER, attributes=attributes)
 

@@ -12,9 +12,9 @@ from structlog import get_logger
 from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from taskwarren.logs import debug_enabled
-from taskwarren.message import H_TRACE, clip
+from taskwarren.message import clip
 from taskwarren.middleware.base import UNKNOWN_TASK, Middleware, TaskRun, describe
-from taskwarren.tracing import parse_traceparent
+from taskwarren.middleware.tracing import trace_parent
 
 log = get_logger("taskwarren.worker")
 
@@ -28,7 +28,7 @@ class LogContext(Middleware):
     def before_process(self, run: TaskRun) -> None:
         """Bind the context; log ``task.received``."""
         task = run.task_name if run.task_name != UNKNOWN_TASK else None
-        parent = parse_traceparent(run.envelope.headers.get(H_TRACE)) if run.envelope else None
+        parent = trace_parent(run)
         if parent is None:
             run.state[_TOKENS] = bind_contextvars(task_id=run.task_id, task=task,
                                                   queue=run.queue, attempt=run.attempt)

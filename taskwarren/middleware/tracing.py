@@ -12,10 +12,22 @@ import threading
 
 from taskwarren.message import H_TRACE
 from taskwarren.middleware.base import Middleware, TaskRun
-from taskwarren.tracing import enter, leave, parse_traceparent
+from taskwarren.tracing import TraceParent, enter, leave, parse_traceparent
 
 #: Key of this middleware's (token, thread) in :attr:`TaskRun.state`.
 _STATE = "tracing.context"
+#: Key of the run's parsed trace header in :attr:`TaskRun.state`.
+_PARENT = "tracing.parent"
+
+
+def trace_parent(run: TaskRun) -> TraceParent | None:
+    """The valid trace context of the delivered message, else ``None`` (parsed once per
+    run, whichever middleware asks first)."""
+    if _PARENT not in run.state:
+        header = run.envelope.headers.get(H_TRACE) if run.envelope is not None else None
+        run.state[_PARENT] = parse_traceparent(header)
+    parent: TraceParent | None = run.state[_PARENT]
+    return parent
 
 
 class TraceContext(Middleware):
@@ -23,8 +35,7 @@ class TraceContext(Middleware):
 
     def before_process(self, run: TaskRun) -> None:
         """Enter the message's trace context (none if its header is missing or invalid)."""
-        header = run.envelope.headers.get(H_TRACE) if run.envelope is not None else None
-        run.state[_STATE] = (enter(parse_traceparent(header)), threading.get_ident())
+        run.state[_STATE] = (enter(trace_parent(run)), threading.get_ident())
 
     def after_process(self, run: TaskRun) -> None:
         """Leave it (only on the thread that entered it: a context is per thread)."""
