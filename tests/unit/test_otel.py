@@ -219,3 +219,51 @@ def test_without_the_extra_taskwarren_imports_and_runs_unchanged() -> None:
                          timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "otel: opentelemetry is not installed" in out.stdout
+
+
+def test_a_relay_publish_that_fails_is_an_error_on_its_span_and_the_row_stays(
+        spans: Tracing, tmp_path: Path) -> None:
+    from taskwarren.errors import PublishError
+
+    path = tmp_path / "tw.db"
+    app = Warren(url=f"sqlite:///{path}", jobs=False)
+    app.add_middleware(OpenTelemetry(app, tracer_provider=spans.provider))
+    work = app.task(lambda: None, name="otel.refused", queue="otel.refused")
+    relay = relay_for(app)
+    conn = sqlite_in_transaction(str(path))
+    work.options(db=conn).send()
+    conn.commit()
+    conn.close()
+
+    def refuse(*args: object) -> None:
+        raise PublishError("the broker said no")
+
+    app.broker.publish = refuse  # type: ignore[method-assign]
+    assert relay.relay_once() == 1
+    assert relay.relayed == 0 and relay.store.counts()[0] == 1  # type: ignore[attr-defined]
+    relay.store.close()
+    app.close()
+    send = spans.named("send otel.refused")
+    assert send.status.status_code is StatusCode.ERROR
+    assert send.attributes is not None and send.attributes["error.type"] == "PublishError"
+
+
+def test_a_run_the_worker_settled_itself_still_gets_its_span(spans: Tracing) -> None:
+    from taskwarren.errors import TimeLimitExceeded
+    from taskwarren.middleware import TaskRun
+
+    otel = OpenTelemetry(tracer_provider=spans.provider)
+    app = Warren(url="memory://")
+    work = app.task(lambda: None, name="otel.hard", queue="otel.hard")
+    envelope = work.options()._envelope(work.encode_call((), {}), None)
+    envelope.headers[H_TRACE] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    # What the worker's I/O thread reports of a run past its hard time limit.
+    otel.after_process(TaskRun("otel.hard", envelope.message_id, 0, "otel.hard", task=work,
+                               exception=TimeLimitExceeded("past 1s"), envelope=envelope,
+                               outcome="dead_lettered", settled_early=True))
+    app.close()
+    process = spans.named("process otel.hard")
+    assert f"{process.context.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
+    assert process.status.status_code is StatusCode.ERROR
+    assert process.attributes is not None
+    assert process.attributes["error.type"] == "TimeLimitExceeded"
