@@ -22,7 +22,7 @@ import click
 from taskwarren.app import Warren
 from taskwarren.brokers.capabilities import Admin, Topology, require
 from taskwarren.cli_jobs import jobs_group
-from taskwarren.cli_loading import load_app, load_middleware
+from taskwarren.cli_loading import load_app, load_middleware, log_options
 from taskwarren.cli_schedules import scheduler_sidecars, schedules_command
 from taskwarren.cli_store import relay_command, store_group
 from taskwarren.cli_topology import MIGRATE as _MIGRATE
@@ -30,7 +30,6 @@ from taskwarren.cli_topology import print_topology as _print_topology
 from taskwarren.cli_web import web_command
 from taskwarren.commands import CommandGroup
 from taskwarren.errors import ConfigurationError, TaskwarrenError
-from taskwarren.logs import configure
 from taskwarren.message import H_REASON, decode_kwargs, failure_summary
 from taskwarren.pools import live_pools
 from taskwarren.settings import Settings
@@ -48,12 +47,9 @@ class _Commands(CommandGroup):
 
 
 @click.group(cls=_Commands)
-@click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto",
-              help="JSON lines or colour console (auto: console on a terminal).")
-@click.option("--log-level", default="INFO", show_default=True)
-def main(log_format: str, log_level: str) -> None:
+@log_options
+def main() -> None:
     """taskwarren: a durable task queue for Python on RabbitMQ."""
-    configure(log_format, log_level)  # type: ignore[arg-type]
 
 
 @main.command()
@@ -76,6 +72,7 @@ def main(log_format: str, log_level: str) -> None:
               help="Run the outbox relay beside the pool when a job store is configured.")
 @click.option("--scheduler/--no-scheduler", default=True, show_default=True,
               help="Run the scheduler beside the pool when tasks have cron= or every=.")
+@log_options
 def worker(modules: tuple[str, ...], concurrency: int | None, queues: str | None,
            threads: int, prefetch: int | None, url: str | None, grace: float | None,
            metrics_port: int | None, middleware: tuple[str, ...], relay: bool,

@@ -1,17 +1,47 @@
-"""Loading what the command line names: task modules (and their app) and middleware."""
+"""Loading what the command line names: task modules (and their app), middleware, and
+the logging options of long-running commands."""
 
 from __future__ import annotations
 
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import click
 
 from taskwarren import app as app_module
 from taskwarren.app import Warren
+from taskwarren.logs import LEVELS, configure, yield_to_app
 from taskwarren.middleware import Middleware
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Where the logging options given so far are kept, in click's ``ctx.meta``.
+_LOG_META = "taskwarren.logging"
+
+
+def _log_option(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    # Options given to the group and to the command add up; the command's win.
+    chosen: dict[str, str] = ctx.meta.setdefault(_LOG_META, {})
+    if value is not None:
+        chosen[str(param.name)] = value
+    configure(chosen.get("log_format"),  # type: ignore[arg-type]
+              chosen.get("log_level", "INFO"))
+
+
+def log_options(command: F) -> F:
+    """Add ``--log-format`` and ``--log-level`` to a command (the group takes them too)."""
+    command = click.option(
+        "--log-level", type=click.Choice(LEVELS, case_sensitive=False), default=None,
+        expose_value=False, callback=_log_option,
+        help="Lowest level written (default: INFO).")(command)
+    return click.option(
+        "--log-format", type=click.Choice(["json", "console"]), default=None,
+        expose_value=False, callback=_log_option,
+        help="JSON lines, or colour for a terminal (default: console when stderr is a "
+             "terminal, else json).")(command)
 
 
 def load_app(modules: Sequence[str], url: str | None) -> Warren:
@@ -39,6 +69,7 @@ def load_app(modules: Sequence[str], url: str | None) -> Warren:
         raise click.UsageError(f"no tasks found in {', '.join(modules)}")
     if len(found) > 1:
         raise click.UsageError("tasks belong to several apps; run one worker per app")
+    yield_to_app()  # the modules' own logging handlers, if they set any up, win
     app = found[0]
     if url and app.settings.url != url:
         app.settings = app.settings.replace(url=url)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import click
 
 from taskwarren.app import Warren
-from taskwarren.cli_loading import load_app
+from taskwarren.cli_loading import load_app, log_options
 from taskwarren.errors import ConfigurationError, StoreError, StoreNotInitializedError
 from taskwarren.relays import legacy_relay_for, relay_for, run_projector, run_relay
 from taskwarren.settings import Settings
@@ -80,6 +80,7 @@ def store_status(store_url: str | None) -> None:
 @click.option("--legacy", "legacy", default=None, metavar="MODULE:NAME",
               help="Relay your own jobs table instead of the outbox: the LegacyTable "
                    "MODULE:NAME names (MODULE's import registers the tasks).")
+@log_options
 def relay_command(url: str | None, store_url: str | None, legacy: str | None) -> None:
     """Publish committed outbox rows to the broker until stopped (SIGTERM or Ctrl-C).
 

@@ -7,7 +7,7 @@ import importlib.util
 import click
 
 from taskwarren.app import Warren
-from taskwarren.cli_loading import load_app
+from taskwarren.cli_loading import load_app, log_options
 from taskwarren.settings import Settings
 
 #: What the dashboard needs beyond taskwarren's own dependencies (import names).
@@ -31,6 +31,7 @@ def missing_web_modules() -> list[str]:
               help="Comma-separated addresses of the reverse proxies whose "
                    "X-Forwarded-For and X-Forwarded-Proto are believed (default: none; "
                    "the log then names the address that connected).")
+@log_options
 def web_command(modules: tuple[str, ...], host: str, port: int, queues: str | None,
                 url: str | None, forwarded_allow_ips: str | None) -> None:
     """Serve the dashboard: jobs, queues, dead letters, workers and schedules.

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from taskwarren.errors import DecodeError
+from taskwarren.tracing import current_traceparent
 
 CONTENT_TYPE = "application/json"
 APP_ID = "taskwarren"
@@ -216,10 +217,15 @@ def encode(
     eta: datetime | None = None,
     trace: str | None = None,
 ) -> Envelope:
-    """Build the envelope of a task call whose JSON body is already serialised."""
+    """Build the envelope of a task call whose JSON body is already serialised.
+
+    ``trace`` defaults to the current trace context (:mod:`taskwarren.tracing`).
+    """
     headers: dict[str, HeaderValue] = {H_TASK: task, H_ATTEMPT: attempt, H_QUEUE: queue}
     if eta is not None:
         headers[H_ETA] = eta.astimezone(UTC).isoformat()
+    if trace is None:
+        trace = current_traceparent()
     if trace:
         headers[H_TRACE] = trace
     return Envelope(
@@ -235,11 +241,16 @@ def encode_event(routing_key: str, body: bytes) -> Envelope:
 
     It names no task: the consumer of each subscriber queue picks the task whose
     subscription matches ``routing_key`` and records it on retries and dead letters.
+    It carries the current trace context, as a task call does.
     """
+    headers: dict[str, HeaderValue] = {H_EVENT: routing_key, H_ATTEMPT: 0}
+    trace = current_traceparent()
+    if trace:
+        headers[H_TRACE] = trace
     return Envelope(
         message_id=new_task_id(),
         body=body,
-        headers={H_EVENT: routing_key, H_ATTEMPT: 0},
+        headers=headers,
         timestamp=int(time.time()),
     )
 

@@ -49,8 +49,22 @@ def relay_for(app: Warren, store: RowSource | None = None) -> Relay:
         store = own
 
     def publish(queue: str, envelopes: Sequence[Envelope], delay_s: float) -> None:
-        app.declare([queue])
-        app.broker.publish(queue, envelopes, delay_s)
+        chain = app.middleware  # read per batch: middleware may be added after this
+        hooked = chain.uses("before_relay") or chain.uses("after_relay")
+        if hooked:
+            for envelope in envelopes:
+                chain.before_relay(envelope)
+        try:
+            app.declare([queue])
+            app.broker.publish(queue, envelopes, delay_s)
+        except BaseException as exc:
+            if hooked:
+                for envelope in envelopes:
+                    chain.after_relay(envelope, exc)
+            raise
+        if hooked:
+            for envelope in envelopes:
+                chain.after_relay(envelope, None)
 
     lease_s = max(60.0, 2 * app.settings.publish_timeout_s + 10.0)
     return Relay(store, publish, max_bytes=app.settings.max_message_bytes, lease_s=lease_s)

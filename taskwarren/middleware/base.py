@@ -112,7 +112,8 @@ class Middleware:
     # -- sending (any process that sends) --------------------------------------------------
 
     def before_enqueue(self, envelope: Envelope) -> None:
-        """A message is about to be published (its size already checked)."""
+        """A message is about to be published, or written to the outbox (its size already
+        checked). A hook may set its trace header (``envelope.headers["tw-trace"]``)."""
 
     def after_enqueue(self, envelope: Envelope) -> None:
         """A message was published and confirmed by the broker."""
@@ -121,6 +122,16 @@ class Middleware:
         """A batch of ``count`` messages to ``queue`` was confirmed ``duration_s`` after
         it started being published (``queue`` is :data:`EVENTS_QUEUE` for an event and
         :data:`BROADCASTS_QUEUE` for a broadcast)."""
+
+    # -- relaying (the process that runs an outbox relay) -----------------------------------
+
+    def before_relay(self, envelope: Envelope) -> None:
+        """A relay is about to publish an outbox row's message (its headers are those
+        stored with the row; a hook may set the trace header, as in ``before_enqueue``)."""
+
+    def after_relay(self, envelope: Envelope, error: BaseException | None) -> None:
+        """The relay's publish of it was confirmed (``error`` is ``None``) or failed (the
+        row stays in the outbox and is tried again)."""
 
     # -- processing (worker children, and :func:`taskwarren.testing.join`) ------------------
 
@@ -179,11 +190,12 @@ def _failed(m: Middleware, hook: str, exc: Exception) -> None:
 
 
 #: Every hook a :class:`Chain` runs.
-_HOOKS = ("before_enqueue", "after_enqueue", "after_publish", "before_process", "admit", "skip",
-          "after_process", "failure_action", "child_started", "reconnected", "child_restarted")
+_HOOKS = ("before_enqueue", "after_enqueue", "after_publish", "before_relay", "after_relay",
+          "before_process", "admit", "skip", "after_process", "failure_action", "child_started",
+          "reconnected", "child_restarted")
 #: Hooks that run last registered first.
-_REVERSED = frozenset({"after_enqueue", "after_publish", "after_process", "failure_action",
-                       "reconnected", "child_restarted"})
+_REVERSED = frozenset({"after_enqueue", "after_publish", "after_relay", "after_process",
+                       "failure_action", "reconnected", "child_restarted"})
 
 
 def _overrides(m: Middleware, hook: str) -> bool:
@@ -252,6 +264,14 @@ class Chain:
     def after_publish(self, queue: str, count: int, duration_s: float) -> None:
         """Run every ``after_publish``, last registered first."""
         self._each("after_publish", self._hooks["after_publish"], queue, count, duration_s)
+
+    def before_relay(self, envelope: Envelope) -> None:
+        """Run every ``before_relay``."""
+        self._each("before_relay", self._hooks["before_relay"], envelope)
+
+    def after_relay(self, envelope: Envelope, error: BaseException | None) -> None:
+        """Run every ``after_relay``, last registered first."""
+        self._each("after_relay", self._hooks["after_relay"], envelope, error)
 
     def before_process(self, run: TaskRun) -> None:
         """Run every ``before_process``."""

@@ -1,7 +1,8 @@
 """Log context and task lifecycle events: ``task.received``, ``task.succeeded``, ``task.retried``...
 
 Registered first, this middleware binds the task's context (``task_id``, ``task``,
-``queue``, ``attempt``) before any other hook runs and unbinds it after all of them,
+``queue``, ``attempt``, and ``trace_id`` when the message carries a valid trace
+header) before any other hook runs and unbinds it after all of them,
 so every log line written meanwhile (the task's own structlog lines included) has it.
 """
 
@@ -13,6 +14,7 @@ from structlog.contextvars import bind_contextvars, reset_contextvars
 from taskwarren.logs import debug_enabled
 from taskwarren.message import clip
 from taskwarren.middleware.base import UNKNOWN_TASK, Middleware, TaskRun, describe
+from taskwarren.middleware.tracing import trace_parent
 
 log = get_logger("taskwarren.worker")
 
@@ -26,8 +28,14 @@ class LogContext(Middleware):
     def before_process(self, run: TaskRun) -> None:
         """Bind the context; log ``task.received``."""
         task = run.task_name if run.task_name != UNKNOWN_TASK else None
-        run.state[_TOKENS] = bind_contextvars(task_id=run.task_id, task=task,
-                                              queue=run.queue, attempt=run.attempt)
+        parent = trace_parent(run)
+        if parent is None:
+            run.state[_TOKENS] = bind_contextvars(task_id=run.task_id, task=task,
+                                                  queue=run.queue, attempt=run.attempt)
+        else:  # a trace id: 32 hex digits, safe to log
+            run.state[_TOKENS] = bind_contextvars(task_id=run.task_id, task=task,
+                                                  queue=run.queue, attempt=run.attempt,
+                                                  trace_id=parent.trace_id)
         if debug_enabled():
             log.debug("task.received", redelivered=run.redelivered)
 
