@@ -42,9 +42,13 @@ def wake_dir(db_path: str) -> str:
 
 
 def _make_wake_dir(directory: str) -> None:
-    """Create the wake-up directory; in ``/tmp``, trust only a private one of this user."""
-    if directory.startswith(_TMP + os.sep):
-        base = os.path.dirname(directory)
+    """Create the wake-up directory; in ``/tmp``, trust only a private one of this user.
+
+    Only the fallback under ``/tmp/taskwarren-<uid>`` is made private: a directory next
+    to a database that happens to lie in ``/tmp`` itself leaves ``/tmp`` alone.
+    """
+    base = os.path.dirname(directory)
+    if base == os.path.join(_TMP, f"taskwarren-{os.getuid()}"):
         with contextlib.suppress(FileExistsError):
             os.mkdir(base, 0o700)
         st = os.lstat(base)

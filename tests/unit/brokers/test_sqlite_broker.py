@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import sqlite3
+import stat
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -384,3 +385,24 @@ def test_registering_waits_out_a_long_writer_and_an_announcement_skips_it(db: st
         writer.close()
         consumer.close()
         broker.close()
+
+
+def test_a_database_lying_in_tmp_itself_leaves_tmps_mode_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A database at /tmp/x.db once made the broker chmod /tmp itself to 0700, which
+    # broke every other user of /tmp (MariaDB's temporary tables among them).
+    from taskwarren.brokers.sqlite import wakeup
+
+    fake_tmp = tmp_path / "tmp"
+    fake_tmp.mkdir()
+    fake_tmp.chmod(0o1777)
+    monkeypatch.setattr(wakeup, "_TMP", str(fake_tmp))
+
+    wakeup._make_wake_dir(str(fake_tmp / "x.db.wake"))
+    private = fake_tmp / f"taskwarren-{os.getuid()}"
+    private.mkdir(mode=0o755)
+    wakeup._make_wake_dir(str(private / "digest"))
+
+    assert stat.S_IMODE(fake_tmp.stat().st_mode) == 0o1777
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
