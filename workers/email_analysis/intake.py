@@ -250,7 +250,7 @@ class Intake:
             raise UnavailableError("the results store did not commit") from exc
 
     def _check_lag(self, cur: Any, p: str) -> None:
-        cur.execute(f"SELECT MIN(created_at) FROM {OUTBOX} WHERE queue = {p}",
+        cur.execute(f"SELECT MIN(enqueued_at) FROM {OUTBOX} WHERE queue = {p}",
                     (tasks.INGEST_QUEUE,))
         row = cur.fetchone()
         oldest = row[0] if row else None
