@@ -11,7 +11,8 @@ The backend comes from ``EMAIL_ANALYSIS_DB``:
   ``email_analysis.db`` in the working directory) in WAL mode with a busy
   timeout, so several worker processes can write at once;
 * ``postgresql://...``: PostgreSQL through ``psycopg`` (``pip install
-  'psycopg[binary]'``), imported only when such a URL is used.
+  'psycopg[binary]'``), imported only when such a URL is used;
+* ``mysql://...``: MySQL 8 / MariaDB 10.6+ through PyMySQL (:mod:`.store_mysql`).
 """
 
 from __future__ import annotations
@@ -384,6 +385,10 @@ def open_store(url: str | os.PathLike[str] | None = None) -> ResultStore:
     target = target.strip() or DEFAULT_DB
     if target.startswith(("postgresql://", "postgres://")):
         return PostgresStore(target)
+    if target.startswith(("mysql://", "mariadb://")):
+        from .store_mysql import MySQLStore
+
+        return MySQLStore(target)
     return SQLiteStore(target.removeprefix("sqlite:///"))
 
 
