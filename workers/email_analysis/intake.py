@@ -38,12 +38,11 @@ from taskwarren.store import Store, open_store
 from taskwarren.store.schema import OUTBOX
 
 from . import tasks
+from .store import INGRESS_TABLE
 
 __all__ = ["INGRESS_TABLE", "Identity", "Intake", "UnavailableError", "identify",
            "store_url_of"]
 
-#: The ingress's record of every message it accepted, keyed by :attr:`Identity.key`.
-INGRESS_TABLE = "email_ingress"
 #: Longest Message-ID kept (the results store keys on it; MySQL indexes 255 characters).
 MAX_MESSAGE_ID_CHARS = 250
 #: Prefix of the jobs' ``unique_key`` (the rest is the message key).
@@ -120,12 +119,13 @@ def _ddl(dialect: str) -> str:
             "  path VARCHAR(1024) NOT NULL,\n"
             "  size_bytes BIGINT NOT NULL,\n"
             "  task_id VARCHAR(64) NOT NULL,\n"
-            f"  accepted_at {real} NOT NULL\n){suffix}")
+            f"  accepted_at {real} NOT NULL,\n"
+            f"  analysed_at {real}\n){suffix}")
 
 
-#: Run on each new connection: waiting for a lock is bounded, so a blocked store gives a
-#: 451 within seconds instead of holding the mail server's session.
 def _session_sql(dialect: str, timeout_s: float) -> list[str]:
+    """Run on each new connection: waiting for a lock is bounded, so a blocked store
+    gives a 451 within seconds instead of holding the mail server's session."""
     if dialect == "postgresql":
         return [f"SET lock_timeout = {int(timeout_s * 1000)}",
                 f"SET statement_timeout = {int(timeout_s * 2000)}"]
@@ -238,7 +238,8 @@ class Intake:
                 return False
             self._task.options(db=raw, unique_key=UNIQUE_PREFIX + identity.key,
                                task_id=task_id).send(path=str(path),
-                                                     message_id=identity.message_id)
+                                                     message_id=identity.message_id,
+                                                     message_key=identity.key)
             conn.commit()
             return True
         except UnavailableError:

@@ -45,10 +45,14 @@ __all__ = [
     "open_store",
     "summary",
     "upsert",
+    "upsert_once",
 ]
 
 DEFAULT_DB = "email_analysis.db"
 TABLE = "email_analysis"
+#: The ingress's record of the messages it accepted (:mod:`.intake` creates it); its
+#: ``analysed_at`` makes storing an ingress message's analysis happen once.
+INGRESS_TABLE = "email_ingress"
 HISTOGRAM_BUCKETS = [f"{lo}-{lo + 9}" for lo in range(0, 90, 10)] + ["90-100"]
 
 # Columns that follow the newest analysis; ``deliveries`` counts every upsert.
@@ -170,6 +174,24 @@ class ResultStore(ABC):
     def upsert(self, analysis: Analysis) -> None:
         """Insert, or update the row with the same Message-ID if this analysis is newer."""
 
+    def upsert_once(self, analysis: Analysis, message_key: str) -> bool:
+        """Upsert the analysis of the ingress message ``message_key``, unless one was
+        stored for it before; whether this one was.
+
+        One transaction marks the ingress record analysed and upserts: a redelivered
+        analysis (at-least-once) finds the mark and writes nothing, so each accepted
+        message counts one delivery.
+        """
+        sql = (f"UPDATE {INGRESS_TABLE} SET analysed_at = {self._mark} "
+               f"WHERE message_key = {self._mark} AND analysed_at IS NULL")
+        return self._once(sql, (time.time(), message_key), analysis)
+
+    _mark = "?"
+
+    @abstractmethod
+    def _once(self, claim_sql: str, params: tuple[Any, ...], analysis: Analysis) -> bool:
+        """Run ``claim_sql``; if it changed a row, upsert ``analysis``; one transaction."""
+
     @abstractmethod
     def get(self, message_id: str) -> Analysis | None:
         """The stored analysis for a Message-ID, if any."""
@@ -228,6 +250,21 @@ class SQLiteStore(ResultStore):
     def upsert(self, analysis: Analysis) -> None:
         sql = _upsert_sql(self.table, "?", "excluded")
         self._connection().execute(sql, _row_values(analysis))
+
+    def _once(self, claim_sql: str, params: tuple[Any, ...], analysis: Analysis) -> bool:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute(claim_sql, params).rowcount != 1:
+                conn.execute("ROLLBACK")
+                return False
+            conn.execute(_upsert_sql(self.table, "?", "excluded"), _row_values(analysis))
+            conn.execute("COMMIT")
+            return True
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     def get(self, message_id: str) -> Analysis | None:
         row = (
@@ -324,6 +361,18 @@ class PostgresStore(ResultStore):
         values[-1] = json.dumps(_without_nul(analysis.model_dump(mode="json")))
         self._connection().execute(_upsert_sql(self.table, "%s", "EXCLUDED", "::jsonb"), values)
 
+    _mark = "%s"
+
+    def _once(self, claim_sql: str, params: tuple[Any, ...], analysis: Analysis) -> bool:
+        conn = self._connection()
+        values: list[Any] = [_without_nul(v) for v in _row_values(analysis)]
+        values[-1] = json.dumps(_without_nul(analysis.model_dump(mode="json")))
+        with conn.transaction():
+            if conn.execute(claim_sql, params).rowcount != 1:
+                return False
+            conn.execute(_upsert_sql(self.table, "%s", "EXCLUDED", "::jsonb"), values)
+        return True
+
     def get(self, message_id: str) -> Analysis | None:
         row = (
             self._connection()
@@ -418,6 +467,11 @@ def close_default_stores() -> None:
 def upsert(analysis: Analysis) -> None:
     """Upsert into :func:`default_store`."""
     default_store().upsert(analysis)
+
+
+def upsert_once(analysis: Analysis, message_key: str) -> bool:
+    """:meth:`ResultStore.upsert_once` on :func:`default_store`."""
+    return default_store().upsert_once(analysis, message_key)
 
 
 def count() -> int:

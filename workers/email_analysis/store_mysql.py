@@ -86,6 +86,25 @@ class MySQLStore(ResultStore):
         with self._connection().cursor() as cur:
             cur.execute(_upsert_sql(self.table), values)
 
+    _mark = "%s"
+
+    def _once(self, claim_sql: str, params: tuple[Any, ...], analysis: Analysis) -> bool:
+        conn = self._connection()
+        values = list(_row_values(analysis))
+        values[0] = values[0][:255]
+        conn.begin()
+        try:
+            with conn.cursor() as cur:
+                if cur.execute(claim_sql, params) != 1:
+                    conn.rollback()
+                    return False
+                cur.execute(_upsert_sql(self.table), values)
+            conn.commit()
+            return True
+        except BaseException:
+            conn.rollback()
+            raise
+
     def get(self, message_id: str) -> Analysis | None:
         rows = self._query(f"SELECT analysis FROM {self.table} WHERE message_id = %s",
                            (message_id,))
