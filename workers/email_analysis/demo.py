@@ -49,8 +49,14 @@ from .ingress import Ingress, IngressConfig
 from .intake import Intake
 from .store import SQLiteStore, StoreSummary
 
-__all__ = ["DemoSummary", "Delivery", "deliver_all", "demo_command", "format_summary",
-           "run_demo"]
+__all__ = [
+    "Delivery",
+    "DemoSummary",
+    "deliver_all",
+    "demo_command",
+    "format_summary",
+    "run_demo",
+]
 
 TASKS_MODULE = "workers.email_analysis.tasks"
 QUEUES = ("email.ingest", "email.store")

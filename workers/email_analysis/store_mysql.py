@@ -81,8 +81,8 @@ class MySQLStore(ResultStore):
             return list(cur.fetchall())
 
     def upsert(self, analysis: Analysis) -> None:
-        values = list(_row_values(analysis))
-        values[0] = values[0][:255]
+        values: list[Any] = list(_row_values(analysis))
+        values[0] = analysis.message_id[:255]
         with self._connection().cursor() as cur:
             cur.execute(_upsert_sql(self.table), values)
 
@@ -90,8 +90,8 @@ class MySQLStore(ResultStore):
 
     def _once(self, claim_sql: str, params: tuple[Any, ...], analysis: Analysis) -> bool:
         conn = self._connection()
-        values = list(_row_values(analysis))
-        values[0] = values[0][:255]
+        values: list[Any] = list(_row_values(analysis))
+        values[0] = analysis.message_id[:255]
         conn.begin()
         try:
             with conn.cursor() as cur:
