@@ -8,6 +8,8 @@ mariadb``: a private RabbitMQ node of this script's own and a fresh MariaDB data
 * ``accept``: ``--n`` (2,000) generated messages from 8 smtplib sessions at once to
   ``taskwarren-email ingress`` (a process of its own), no worker running (the outbox
   bound is lifted for this phase): accepted messages per second at the ingress alone.
+* ``paced``: the pipeline again at ``--paced-rate`` (10) messages/s for ``--paced-s``
+  (20) s, below what it can analyse: accept -> analysed latency without a backlog.
 * ``pipeline``: the same with ``taskwarren worker workers.email_analysis.tasks -c 2``
   running (relay and projector beside it): accepted messages/s while the pool analyses,
   the rate to the last result stored, and accept -> analysed latency per message
@@ -61,8 +63,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wire(n: int) -> list[bytes]:
-    return [re.sub(rb"\r?\n", b"\r\n", m.raw) for m in generate_messages(n, seed=42)]
+def _wire(n: int, seed: int = 42) -> list[bytes]:
+    """``n`` generated messages as a mail server sends them (CRLF); each phase has its
+    own seed, so no message of one phase is a duplicate of another's."""
+    return [re.sub(rb"\r?\n", b"\r\n", m.raw) for m in generate_messages(n, seed=seed)]
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
@@ -100,14 +104,19 @@ def _process(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subpro
                 proc.wait()
 
 
-def _send_all(port: int, messages: list[bytes], clients: int = CLIENTS) -> tuple[float, int]:
-    """Deliver from ``clients`` sessions at once (again after a 451); (seconds, 451s)."""
+def _send_all(port: int, messages: list[bytes], clients: int = CLIENTS,
+              rate: float | None = None) -> tuple[float, int]:
+    """Deliver from ``clients`` sessions at once (again after a 451), at most ``rate``
+    messages/s in all if given; (seconds, 451s)."""
     deferred = [0]
     lock = threading.Lock()
 
     def run(batch: list[bytes]) -> None:
         with smtplib.SMTP("127.0.0.1", port, timeout=120) as client:
-            for data in batch:
+            for k, data in enumerate(batch):
+                if rate is not None:  # paced: message k of this client is due at k/share
+                    due = started + k * clients / rate
+                    time.sleep(max(0.0, due - time.perf_counter()))
                 while True:
                     try:
                         client.sendmail("bench@example.net", ["analysis@example.net"], data)
@@ -121,7 +130,7 @@ def _send_all(port: int, messages: list[bytes], clients: int = CLIENTS) -> tuple
 
     threads = [threading.Thread(target=run, args=(messages[i::clients],))
                for i in range(clients)]
-    started = time.perf_counter()
+    started = time.perf_counter() + 0.01
     for t in threads:
         t.start()
     for t in threads:
@@ -151,16 +160,21 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def run_config(name: str, broker: str, db: str, n: int, work: Path) -> dict[str, Any]:
-    """The ``accept`` and ``pipeline`` phases on one broker and store."""
+def run_config(name: str, broker: str, db: str, n: int, work: Path, paced_rate: float,
+               paced_s: float) -> dict[str, Any]:
+    """The ``accept``, ``pipeline`` and ``paced`` phases on one broker and store."""
     out: dict[str, Any] = {"config": name, "n": n}
     messages = _wire(n)
     # accept: the ingress alone.
-    for phase, with_pool in (("accept", False), ("pipeline", True)):
+    for phase, with_pool, rate in (("accept", False, None), ("pipeline", True, None),
+                                   ("paced", True, paced_rate)):
+        if phase == "paced":
+            messages = _wire(int(paced_rate * paced_s), seed=43)
+            n = len(messages)
         work.mkdir(parents=True, exist_ok=True)
         maildir = work / f"{phase}-maildir"
         env = _env(broker, db, maildir)
-        if phase == "pipeline":
+        if with_pool:
             _rows_clear(db)
         port = _free_port()
         ingress = [sys.executable, "-m", "workers.email_analysis.cli", "ingress", "--listen",
@@ -174,7 +188,7 @@ def run_config(name: str, broker: str, db: str, n: int, work: Path) -> dict[str,
             if with_pool:
                 stack.enter_context(_process(pool_argv, env, work / f"{phase}-worker.log"))
                 time.sleep(3)  # the pool's start, not measured
-            seconds, deferred = _send_all(port, messages)
+            seconds, deferred = _send_all(port, messages, rate=rate)
             out[f"{phase}_per_s"] = round(n / seconds, 1)
             out[f"{phase}_451"] = deferred
             if with_pool:
@@ -188,10 +202,10 @@ def run_config(name: str, broker: str, db: str, n: int, work: Path) -> dict[str,
                 lat = [(b - a) * 1000 for a, b in pairs]
                 first = min(a for a, _ in pairs)
                 last = max(b for _, b in pairs)
-                out["analysed_per_s"] = round(n / (last - first), 1)
-                out["latency_p50_ms"] = round(_pct(lat, 0.5), 1)
-                out["latency_p99_ms"] = round(_pct(lat, 0.99), 1)
-                out["deliveries_max"] = _rows(db, "SELECT MAX(deliveries) FROM "
+                out[f"{phase}_analysed_per_s"] = round(n / (last - first), 1)
+                out[f"{phase}_latency_p50_ms"] = round(_pct(lat, 0.5), 1)
+                out[f"{phase}_latency_p99_ms"] = round(_pct(lat, 0.99), 1)
+                out[f"{phase}_deliveries_max"] = _rows(db, "SELECT MAX(deliveries) FROM "
                                                   "email_analysis")[0][0]
         if phase == "accept":
             out["accept_recorded"] = _rows(db, "SELECT COUNT(*) FROM email_ingress")[0][0]
@@ -291,6 +305,9 @@ def main() -> None:
     parser.add_argument("--parts-n", type=int, default=300)
     parser.add_argument("--configs", default="embedded,rabbitmq-mariadb")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--paced-rate", type=float, default=10.0,
+                        help="messages/s of the paced latency phase")
+    parser.add_argument("--paced-s", type=float, default=20.0)
     args = parser.parse_args()
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="tw-ingress-bench-") as tmp:
@@ -299,7 +316,8 @@ def main() -> None:
             if config == "embedded":
                 db = f"sqlite:///{work / 'results.db'}"
                 results.append(run_config(config, f"sqlite:///{work / 'broker.db'}", db,
-                                          args.n, work / "embedded"))
+                                          args.n, work / "embedded", args.paced_rate,
+                                          args.paced_s))
                 results.append(parts(f"sqlite:///{work / 'parts.db'}", args.parts_n,
                                      work / "embedded"))
             elif config == "rabbitmq-mariadb":
@@ -311,7 +329,8 @@ def main() -> None:
                 try:
                     with fresh_database("mysql", work) as db:
                         results.append(run_config(config, node.url, db, args.n,
-                                                  work / "rabbit"))
+                                                  work / "rabbit", args.paced_rate,
+                                                  args.paced_s))
                     with fresh_database("mysql", work) as db:
                         results.append(parts(db, args.parts_n, work / "rabbit"))
                 finally:
