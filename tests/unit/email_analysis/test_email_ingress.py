@@ -208,3 +208,18 @@ def test_analysis_that_falls_behind_gets_451_until_the_outbox_drains(tmp_path: P
     assert (refused, accepted) == (451, 250)
     assert running.query(f"SELECT COUNT(*) FROM {INGRESS_TABLE}") == [(2,)]
     assert len(running.new_files()) == 2
+
+
+def test_the_command_refuses_a_job_store_other_than_the_results_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from workers.email_analysis.cli import main
+
+    monkeypatch.setenv("TASKWARREN_STORE_URL", f"sqlite:///{tmp_path / 'other.db'}")
+    result = CliRunner().invoke(main, ["ingress", "--maildir", str(tmp_path / "m"),
+                                       "--db", str(tmp_path / "results.db")])
+
+    assert result.exit_code == 2
+    assert "TASKWARREN_STORE_URL must name the same database" in result.output
+    assert not (tmp_path / "m").exists()
