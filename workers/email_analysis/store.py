@@ -39,6 +39,7 @@ __all__ = [
     "SQLiteStore",
     "StoreConfigurationError",
     "StoreSummary",
+    "UnknownIngressMessageError",
     "close_default_stores",
     "count",
     "default_store",
@@ -61,6 +62,11 @@ _DATA_COLUMNS = ("sender_domain", "score", "broken", "analysed_at", "stored_at",
 
 class StoreConfigurationError(RuntimeError):
     """``EMAIL_ANALYSIS_DB`` names a backend that cannot be used here."""
+
+
+class UnknownIngressMessageError(RuntimeError):
+    """A result came for a message key the ingress has no record of in this store: the
+    workers' ``EMAIL_ANALYSIS_DB`` is not the database the ingress writes to."""
 
 
 class StoreSummary(BaseModel):
@@ -181,10 +187,30 @@ class ResultStore(ABC):
         One transaction marks the ingress record analysed and upserts: a redelivered
         analysis (at-least-once) finds the mark and writes nothing, so each accepted
         message counts one delivery.
+
+        Raises:
+            UnknownIngressMessageError: no ingress record has this key (a result is
+                never dropped silently because the stores are configured apart).
         """
         sql = (f"UPDATE {INGRESS_TABLE} SET analysed_at = {self._mark} "
                f"WHERE message_key = {self._mark} AND analysed_at IS NULL")
-        return self._once(sql, (time.time(), message_key), analysis)
+        if self._once(sql, (time.time(), message_key), analysis):
+            return True
+        known = f"SELECT COUNT(*) FROM {INGRESS_TABLE} WHERE message_key = {self._mark}"
+        if not self._scalar(known, (message_key,)):
+            raise UnknownIngressMessageError(
+                f"no {INGRESS_TABLE} row for message key {message_key[:64]!r}: point "
+                "EMAIL_ANALYSIS_DB at the ingress's database")
+        return False
+
+    def _scalar(self, sql: str, params: tuple[Any, ...]) -> Any:
+        cursor = self._connection().cursor()
+        try:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+        return None if row is None else row[0]
 
     _mark = "?"
 

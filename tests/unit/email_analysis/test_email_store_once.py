@@ -18,7 +18,7 @@ from taskwarren import Warren
 from tests.support.databases import fresh_database
 from workers.email_analysis.analysis import Analysis
 from workers.email_analysis.intake import Intake, identify
-from workers.email_analysis.store import ResultStore, open_store
+from workers.email_analysis.store import ResultStore, UnknownIngressMessageError, open_store
 
 from .helpers import NOW
 
@@ -63,7 +63,10 @@ def test_the_first_analysis_of_an_accepted_message_is_stored_and_a_redelivery_is
     assert results.deliveries("<once@example.com>") == 1
 
 
-def test_an_analysis_for_a_message_the_ingress_never_accepted_is_not_stored(
+def test_an_analysis_for_a_message_the_ingress_never_accepted_fails_loudly_unstored(
         results: ResultStore) -> None:
-    assert results.upsert_once(_analysis(40), "0" * 64) is False
+    # Workers whose EMAIL_ANALYSIS_DB is not the ingress's database: the task fails (and
+    # is retried, then dead-lettered with this reason), never drops the result silently.
+    with pytest.raises(UnknownIngressMessageError, match="EMAIL_ANALYSIS_DB"):
+        results.upsert_once(_analysis(40), "0" * 64)
     assert results.get("<once@example.com>") is None
