@@ -11,7 +11,6 @@ import pytest
 from click.testing import CliRunner
 
 from taskwarren.cli import main as taskwarren_main
-
 from workers.email_analysis.demo import (
     REPO_ROOT,
     DemoSummary,
