@@ -2,10 +2,14 @@
 
 ``run_demo`` does what an operator would do by hand:
 
-1. generate ``n`` messages into ``WORKDIR/maildir``;
-2. send one ``ingest`` task per message with ``send_many``;
+1. generate ``n`` messages (in memory);
+2. start the SMTP ingress (:mod:`.ingress`) on a free local port, writing into
+   ``WORKDIR/maildir`` and the results store ``WORKDIR/email_analysis.db``, which also
+   holds taskwarren's outbox and jobs table;
 3. start ``python -m taskwarren worker workers.email_analysis.tasks -c C`` as a
-   subprocess, with ``EMAIL_ANALYSIS_DB`` pointing into the work directory;
+   subprocess (its relay publishes what the ingress queued), and deliver every message
+   to the ingress with ``smtplib`` from a few sessions at once, as a mail server would
+   (again after a 451);
 4. watch the results store fill up (a progress bar on a terminal, plain
    lines otherwise) until every message is stored or dead-lettered, or
    nothing moves for ``stall_timeout`` seconds;
@@ -21,11 +25,14 @@ CLI finds through this distribution's ``taskwarren.commands`` entry point
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
+import smtplib
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,10 +44,19 @@ import click
 from taskwarren.brokers.capabilities import Admin, require
 from taskwarren.errors import TaskwarrenError
 
-from .generate import generate_maildir
+from .generate import generate_messages
+from .ingress import Ingress, IngressConfig
+from .intake import Intake
 from .store import SQLiteStore, StoreSummary
 
-__all__ = ["DemoSummary", "demo_command", "format_summary", "run_demo"]
+__all__ = [
+    "Delivery",
+    "DemoSummary",
+    "deliver_all",
+    "demo_command",
+    "format_summary",
+    "run_demo",
+]
 
 TASKS_MODULE = "workers.email_analysis.tasks"
 QUEUES = ("email.ingest", "email.store")
@@ -51,8 +67,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 class DemoSummary:
     """What one demo run measured.
 
-    ``seconds`` runs from the first ``send_many`` to the last result stored,
-    so it includes sending and the pool's start-up; ``failed`` is every sent
+    ``seconds`` runs from the first SMTP delivery to the last result stored,
+    so it includes delivering and the pool's start-up; ``sent`` counts the messages
+    the ingress accepted (250); ``failed`` is every sent
     message without a stored result (``dead_lettered`` of them are known to be
     in a dead-letter queue, where the broker can tell).
     """
@@ -112,9 +129,12 @@ def _new_dead(before: _QueueState, now: _QueueState) -> int:
     return sum(now.dead.get(q, 0) - before.dead.get(q, 0) for q in QUEUES)
 
 
-def _worker_env(url: str, db: str, maildir: str) -> dict[str, str]:
+def _worker_env(url: str, db: str, maildir: str, store_url: str | None = None,
+                ) -> dict[str, str]:
     env = dict(os.environ)
     env["TASKWARREN_URL"] = url
+    if store_url is not None:  # the outbox the ingress writes is in the results store
+        env["TASKWARREN_STORE_URL"] = store_url
     env["EMAIL_ANALYSIS_DB"] = db
     env["EMAIL_ANALYSIS_MAILDIR"] = maildir
     paths = [str(REPO_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
@@ -196,11 +216,10 @@ def run_demo(
     from taskwarren.app import Warren
     from taskwarren.settings import mask_url
 
-    from . import tasks
-
     workdir = Path(workdir or tempfile.mkdtemp(prefix="taskwarren-demo-")).resolve()
     maildir = workdir / "maildir"
     db_path = workdir / "email_analysis.db"
+    db_url = f"sqlite:///{db_path}"
     broker_url = url or os.environ.get("TASKWARREN_URL") or f"sqlite:///{workdir / 'taskwarren.db'}"
     embedded = broker_url.startswith("sqlite:") and not (url or os.environ.get("TASKWARREN_URL"))
     _clean_workdir(workdir, [maildir, db_path, *([workdir / "taskwarren.db"] if embedded else [])])
@@ -208,40 +227,46 @@ def run_demo(
     echo(f"demo: {n} messages, {concurrency} worker processes, broker {mask_url(broker_url)}")
     echo(f"demo: work directory {workdir}")
     started = time.perf_counter()
-    written = generate_maildir(maildir, n, seed=seed)
+    # On the wire as a mail server sends them: CRLF line ends.
+    wire = [re.sub(rb"\r?\n", b"\r\n", m.raw) for m in generate_messages(n, seed=seed)]
     generate_seconds = time.perf_counter() - started
 
     results = SQLiteStore(db_path)
     sender = Warren(broker_url)
-    ingest = sender.task(name=tasks.ingest.name, queue=tasks.INGEST_QUEUE)(tasks.ingest.fn)
     sender.declare(list(QUEUES))
     before = _queue_state(sender.broker)
-
-    since = time.time()
-    t0 = time.perf_counter()
-    calls = [{"path": str(path), "message_id": mid} for path, mid in written]
-    sent = 0
-    for start in range(0, len(calls), 1000):
-        sent += len(ingest.send_many(calls[start : start + 1000]))
-    send_seconds = time.perf_counter() - t0
+    intake = Intake(db_url, Warren(broker_url, store_url=db_url, jobs=True))
+    ingress = Ingress(IngressConfig(port=0, maildir=maildir), intake)
+    ingress.start()
+    echo(f"demo: ingress listening on 127.0.0.1:{ingress.port} (SMTP), results in {db_path}")
 
     log_path = workdir / "worker.log"
     command = [sys.executable, "-m", "taskwarren", "worker", TASKS_MODULE, "-c", str(concurrency)]
     bar = _Progress(n, progress)
     stored = 0
     state = before
-    finished_at = t0
     exit_code: int | None = None
     log: IO[bytes]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             command,
-            env=_worker_env(broker_url, str(db_path), str(maildir)),
+            env=_worker_env(broker_url, str(db_path), str(maildir), store_url=db_url),
             cwd=workdir,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+        since = time.time()
+        t0 = time.perf_counter()
+        finished_at = t0
         try:
+            try:
+                delivery = deliver_all(ingress.port, wire, SENDERS)
+            finally:
+                ingress.stop()
+            sent = delivery.accepted
+            send_seconds = time.perf_counter() - t0
+            echo(f"demo: {sent} messages accepted over SMTP in {send_seconds:.2f}s "
+                 f"({delivery.deferred} answered 451 and sent again)")
             last_change = time.perf_counter()
             last_check = 0.0
             while True:
@@ -328,6 +353,53 @@ def format_summary(summary: DemoSummary) -> str:
         lines.append(f"  {n:6d}  {domain}")
     lines.append(f"worker exit code {summary.worker_exit_code}")
     return "\n".join(lines)
+
+
+#: SMTP client sessions the demo delivers through at once.
+SENDERS = 4
+
+
+@dataclass
+class Delivery:
+    """What the demo's SMTP clients saw."""
+
+    accepted: int = 0
+    deferred: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+def _deliver_batch(port: int, batch: list[bytes], tally: Delivery) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=120) as client:
+        for data in batch:
+            while True:
+                refused = False
+                try:
+                    client.sendmail("demo@example.net", ["analysis@example.net"], data)
+                except smtplib.SMTPDataError as exc:
+                    if exc.smtp_code != 451:
+                        raise
+                    refused = True
+                with tally.lock:
+                    if refused:
+                        tally.deferred += 1
+                    else:
+                        tally.accepted += 1
+                if not refused:
+                    break
+                time.sleep(0.2)  # as a mail server does, only sooner
+
+
+def deliver_all(port: int, messages: list[bytes], senders: int = SENDERS) -> Delivery:
+    """Send ``messages`` to the ingress on ``port`` from ``senders`` SMTP sessions at
+    once, each message again after a 451 until it is accepted."""
+    tally = Delivery()
+    threads = [threading.Thread(target=_deliver_batch, args=(port, messages[i::senders], tally),
+                                name=f"demo-smtp-{i}") for i in range(senders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return tally
 
 
 @click.command("demo")

@@ -11,7 +11,8 @@ The backend comes from ``EMAIL_ANALYSIS_DB``:
   ``email_analysis.db`` in the working directory) in WAL mode with a busy
   timeout, so several worker processes can write at once;
 * ``postgresql://...``: PostgreSQL through ``psycopg`` (``pip install
-  'psycopg[binary]'``), imported only when such a URL is used.
+  'psycopg[binary]'``), imported only when such a URL is used;
+* ``mysql://...``: MySQL 8 / MariaDB 10.6+ through PyMySQL (:mod:`.store_mysql`).
 """
 
 from __future__ import annotations
@@ -38,16 +39,21 @@ __all__ = [
     "SQLiteStore",
     "StoreConfigurationError",
     "StoreSummary",
+    "UnknownIngressMessageError",
     "close_default_stores",
     "count",
     "default_store",
     "open_store",
     "summary",
     "upsert",
+    "upsert_once",
 ]
 
 DEFAULT_DB = "email_analysis.db"
 TABLE = "email_analysis"
+#: The ingress's record of the messages it accepted (:mod:`.intake` creates it); its
+#: ``analysed_at`` makes storing an ingress message's analysis happen once.
+INGRESS_TABLE = "email_ingress"
 HISTOGRAM_BUCKETS = [f"{lo}-{lo + 9}" for lo in range(0, 90, 10)] + ["90-100"]
 
 # Columns that follow the newest analysis; ``deliveries`` counts every upsert.
@@ -56,6 +62,11 @@ _DATA_COLUMNS = ("sender_domain", "score", "broken", "analysed_at", "stored_at",
 
 class StoreConfigurationError(RuntimeError):
     """``EMAIL_ANALYSIS_DB`` names a backend that cannot be used here."""
+
+
+class UnknownIngressMessageError(RuntimeError):
+    """A result came for a message key the ingress has no record of in this store: the
+    workers' ``EMAIL_ANALYSIS_DB`` is not the database the ingress writes to."""
 
 
 class StoreSummary(BaseModel):
@@ -169,6 +180,44 @@ class ResultStore(ABC):
     def upsert(self, analysis: Analysis) -> None:
         """Insert, or update the row with the same Message-ID if this analysis is newer."""
 
+    def upsert_once(self, analysis: Analysis, message_key: str) -> bool:
+        """Upsert the analysis of the ingress message ``message_key``, unless one was
+        stored for it before; whether this one was.
+
+        One transaction marks the ingress record analysed and upserts: a redelivered
+        analysis (at-least-once) finds the mark and writes nothing, so each accepted
+        message counts one delivery.
+
+        Raises:
+            UnknownIngressMessageError: no ingress record has this key (a result is
+                never dropped silently because the stores are configured apart).
+        """
+        sql = (f"UPDATE {INGRESS_TABLE} SET analysed_at = {self._mark} "
+               f"WHERE message_key = {self._mark} AND analysed_at IS NULL")
+        if self._once(sql, (time.time(), message_key), analysis):
+            return True
+        known = f"SELECT COUNT(*) FROM {INGRESS_TABLE} WHERE message_key = {self._mark}"
+        if not self._scalar(known, (message_key,)):
+            raise UnknownIngressMessageError(
+                f"no {INGRESS_TABLE} row for message key {message_key[:64]!r}: point "
+                "EMAIL_ANALYSIS_DB at the ingress's database")
+        return False
+
+    def _scalar(self, sql: str, params: tuple[Any, ...]) -> Any:
+        cursor = self._connection().cursor()
+        try:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+        return None if row is None else row[0]
+
+    _mark = "?"
+
+    @abstractmethod
+    def _once(self, claim_sql: str, params: tuple[Any, ...], analysis: Analysis) -> bool:
+        """Run ``claim_sql``; if it changed a row, upsert ``analysis``; one transaction."""
+
     @abstractmethod
     def get(self, message_id: str) -> Analysis | None:
         """The stored analysis for a Message-ID, if any."""
@@ -227,6 +276,21 @@ class SQLiteStore(ResultStore):
     def upsert(self, analysis: Analysis) -> None:
         sql = _upsert_sql(self.table, "?", "excluded")
         self._connection().execute(sql, _row_values(analysis))
+
+    def _once(self, claim_sql: str, params: tuple[Any, ...], analysis: Analysis) -> bool:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute(claim_sql, params).rowcount != 1:
+                conn.execute("ROLLBACK")
+                return False
+            conn.execute(_upsert_sql(self.table, "?", "excluded"), _row_values(analysis))
+            conn.execute("COMMIT")
+            return True
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     def get(self, message_id: str) -> Analysis | None:
         row = (
@@ -323,6 +387,18 @@ class PostgresStore(ResultStore):
         values[-1] = json.dumps(_without_nul(analysis.model_dump(mode="json")))
         self._connection().execute(_upsert_sql(self.table, "%s", "EXCLUDED", "::jsonb"), values)
 
+    _mark = "%s"
+
+    def _once(self, claim_sql: str, params: tuple[Any, ...], analysis: Analysis) -> bool:
+        conn = self._connection()
+        values: list[Any] = [_without_nul(v) for v in _row_values(analysis)]
+        values[-1] = json.dumps(_without_nul(analysis.model_dump(mode="json")))
+        with conn.transaction():
+            if conn.execute(claim_sql, params).rowcount != 1:
+                return False
+            conn.execute(_upsert_sql(self.table, "%s", "EXCLUDED", "::jsonb"), values)
+        return True
+
     def get(self, message_id: str) -> Analysis | None:
         row = (
             self._connection()
@@ -384,6 +460,10 @@ def open_store(url: str | os.PathLike[str] | None = None) -> ResultStore:
     target = target.strip() or DEFAULT_DB
     if target.startswith(("postgresql://", "postgres://")):
         return PostgresStore(target)
+    if target.startswith(("mysql://", "mariadb://")):
+        from .store_mysql import MySQLStore
+
+        return MySQLStore(target)
     return SQLiteStore(target.removeprefix("sqlite:///"))
 
 
@@ -413,6 +493,11 @@ def close_default_stores() -> None:
 def upsert(analysis: Analysis) -> None:
     """Upsert into :func:`default_store`."""
     default_store().upsert(analysis)
+
+
+def upsert_once(analysis: Analysis, message_key: str) -> bool:
+    """:meth:`ResultStore.upsert_once` on :func:`default_store`."""
+    return default_store().upsert_once(analysis, message_key)
 
 
 def count() -> int:

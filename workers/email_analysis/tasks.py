@@ -78,9 +78,17 @@ def _config() -> AnalysisConfig:
 
 
 @task(queue=STORE_QUEUE, retries=5, time_limit=30)
-def store_result(analysis: Analysis) -> None:
-    """Upsert one analysis into the results store, keyed by its Message-ID."""
-    store.upsert(analysis)
+def store_result(analysis: Analysis, message_key: str | None = None) -> None:
+    """Upsert one analysis into the results store, keyed by its Message-ID.
+
+    With ``message_key`` (a message the ingress accepted), only the first analysis of
+    that message is stored: a redelivered one finds it done (see
+    :meth:`.store.ResultStore.upsert_once`).
+    """
+    if message_key is None:
+        store.upsert(analysis)
+    elif not store.upsert_once(analysis, message_key):
+        log.info("email.already_stored", message_key=message_key)
 
 
 @task(
@@ -89,8 +97,11 @@ def store_result(analysis: Analysis) -> None:
     time_limit=60,
     dont_retry=(UnreadableMessageError,),
 )
-def ingest(path: str, message_id: str) -> None:
+def ingest(path: str, message_id: str, message_key: str | None = None) -> None:
     """Read, parse, extract and score the message at ``path``; queue the result for storage.
+
+    ``message_key`` comes with a message the ingress accepted (:mod:`.intake`); it goes
+    with the result, so the result is stored once however often either task runs.
 
     Only files below ``EMAIL_ANALYSIS_MAILDIR`` are read (symlinks and ``..`` resolved
     first): a task message is no licence to read whatever the worker can read.
@@ -105,7 +116,7 @@ def ingest(path: str, message_id: str) -> None:
             path, "EMAIL_ANALYSIS_MAILDIR is not set: ingest reads only below it")
     raw = read_message_file(path, root=root)
     result = analyse(raw, message_id, config=_config())
-    store_result.send(analysis=result)
+    store_result.send(analysis=result, message_key=message_key)
     if result.score >= FLAG_SCORE:
         _publish_flagged(result)
 

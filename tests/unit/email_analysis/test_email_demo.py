@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
+import time
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
+from taskwarren.cli import main as taskwarren_main
 from workers.email_analysis.demo import (
     REPO_ROOT,
     DemoSummary,
     _worker_env,
     demo_command,
     format_summary,
+    run_demo,
 )
 from workers.email_analysis.store import StoreSummary
 
@@ -82,3 +88,36 @@ def test_the_worker_pool_gets_the_broker_url_the_results_db_the_maildir_and_the_
     assert env["EMAIL_ANALYSIS_MAILDIR"] == "/tmp/maildir"
     assert env["PYTHONPATH"].split(":")[0] == str(REPO_ROOT)
     assert (REPO_ROOT / "workers" / "email_analysis" / "tasks.py").is_file()
+
+
+@pytest.mark.timeout(180)
+def test_the_demo_on_the_embedded_broker_delivers_through_the_ingress_and_every_job_shows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fresh machine: no broker and no store configured (what `make demo` runs).
+    monkeypatch.delenv("TASKWARREN_URL", raising=False)
+    monkeypatch.delenv("TASKWARREN_STORE_URL", raising=False)
+    lines: list[str] = []
+
+    summary = run_demo(40, 1, None, tmp_path, progress=False, seed=3, echo=lines.append)
+
+    assert (summary.sent, summary.stored, summary.failed, summary.worker_exit_code) == (
+        40, 40, 0, 0)
+    assert any(line.startswith("demo: 40 messages accepted over SMTP") for line in lines)
+    assert len(list((tmp_path / "maildir" / "new").iterdir())) == 40
+    db = tmp_path / "email_analysis.db"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(analysed_at) FROM email_ingress").fetchone() == (40,)
+        assert conn.execute("SELECT MAX(deliveries) FROM email_analysis").fetchone() == (1,)
+    # `taskwarren jobs` shows each message's analysis (the projector may trail the result).
+    deadline = time.monotonic() + 30
+    while True:
+        listed = CliRunner().invoke(taskwarren_main, [
+            "jobs", "list", "--store-url", f"sqlite:///{db}", "--task",
+            "workers.email_analysis.tasks.ingest", "--json"])
+        assert listed.exit_code == 0, listed.output
+        states = [job["state"] for job in json.loads(listed.output)]
+        if states.count("succeeded") == 40 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert states == ["succeeded"] * 40

@@ -58,7 +58,7 @@ def test_an_analysis_survives_the_trip_through_a_task_message(tmp_path: Path) ->
 
     body = tasks.store_result.encode_call((), {"analysis": result})
 
-    assert tasks.store_result.decode_call(body) == {"analysis": result}
+    assert tasks.store_result.decode_call(body) == {"analysis": result, "message_key": None}
 
 
 def test_store_result_upserts_into_email_analysis_db_once_per_message_id(

@@ -1,0 +1,225 @@
+"""The SMTP/LMTP ingress, driven by smtplib: durable, recorded, queued, then 250.
+
+No broker: the ingress only writes the Maildir and the results store (which holds the
+outbox); what a relay and a pool then do with the rows is the chaos test's part
+(tests/chaos/test_ingress_faults.py).
+"""
+
+from __future__ import annotations
+
+import smtplib
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from taskwarren import Warren
+from workers.email_analysis.ingress import Ingress, IngressConfig
+from workers.email_analysis.intake import INGRESS_TABLE, Intake, identify
+
+MESSAGE = (b"From: Ann <ann@example.com>\r\nTo: bob@example.org\r\n"
+           b"Message-ID: <one@example.com>\r\nSubject: hello\r\n\r\nHello Bob.\r\n")
+
+
+class Running:
+    """An ingress on a free port over a SQLite results store in ``tmp_path``."""
+
+    def __init__(self, tmp_path: Path, **config: object) -> None:
+        self.db = tmp_path / "results.db"
+        self.url = f"sqlite:///{self.db}"
+        self.maildir = tmp_path / "maildir"
+        timeout_s = float(config.pop("timeout_s", 5.0))  # type: ignore[arg-type]
+        max_age_s = float(config.pop("max_outbox_age_s", 60.0))  # type: ignore[arg-type]
+        self.app = Warren("memory://", store_url=self.url, jobs=True)
+        self.intake = Intake(self.url, self.app, max_outbox_age_s=max_age_s,
+                             timeout_s=timeout_s)
+        self.ingress = Ingress(IngressConfig(port=0, maildir=self.maildir, **config),  # type: ignore[arg-type]
+                               self.intake)
+        self.ingress.start()
+
+    def smtp(self) -> smtplib.SMTP:
+        return smtplib.SMTP("127.0.0.1", self.ingress.port, timeout=30)
+
+    def query(self, sql: str) -> list[tuple[object, ...]]:
+        with sqlite3.connect(self.db) as conn:
+            return conn.execute(sql).fetchall()
+
+    def new_files(self) -> list[Path]:
+        return sorted((self.maildir / "new").iterdir())
+
+
+@pytest.fixture
+def ingress(tmp_path: Path) -> Iterator[Running]:
+    running = Running(tmp_path)
+    yield running
+    running.ingress.stop()
+
+
+def send(running: Running, data: bytes) -> tuple[int, bytes]:
+    with running.smtp() as client:
+        client.ehlo()
+        client.mail("ann@example.com")
+        client.rcpt("bob@example.org")
+        return client.data(data)
+
+
+def test_a_message_is_in_the_maildir_recorded_and_queued_when_the_client_sees_250(
+        ingress: Running) -> None:
+    code, _ = send(ingress, MESSAGE)
+
+    assert code == 250
+    [path] = ingress.new_files()
+    assert path.read_bytes() == MESSAGE
+    assert list((ingress.maildir / "tmp").iterdir()) == []
+    [(message_id, stored_path, task_id)] = ingress.query(
+        f"SELECT message_id, path, task_id FROM {INGRESS_TABLE}")
+    assert (message_id, stored_path) == ("<one@example.com>", str(path))
+    [(outbox_task_id, queue, body)] = ingress.query(
+        "SELECT task_id, queue, body FROM taskwarren_outbox")
+    assert (outbox_task_id, queue) == (task_id, "email.ingest")
+    assert str(path).encode() in body
+    [(state, unique_key)] = ingress.query(
+        "SELECT state, unique_key FROM taskwarren_jobs WHERE task_id = "
+        f"'{task_id}'")
+    assert (state, unique_key) == ("queued", "email:" + identify(MESSAGE).key)
+
+
+def test_the_same_message_delivered_twice_is_queued_once(ingress: Running) -> None:
+    first, _ = send(ingress, MESSAGE)
+    again, _ = send(ingress, MESSAGE)
+    # A relay on the way added a header: still the same Message-ID and body.
+    relayed, _ = send(ingress, b"Received: from mx by relay\r\n" + MESSAGE)
+
+    assert (first, again, relayed) == (250, 250, 250)
+    assert ingress.query(f"SELECT COUNT(*) FROM {INGRESS_TABLE}") == [(1,)]
+    assert ingress.query("SELECT COUNT(*) FROM taskwarren_outbox") == [(1,)]
+    assert len(ingress.new_files()) == 1  # the duplicates' files are gone
+
+
+def test_the_same_message_id_with_another_body_is_another_message(ingress: Running) -> None:
+    send(ingress, MESSAGE)
+    send(ingress, MESSAGE.replace(b"Hello Bob.", b"Hello Carol."))
+
+    assert ingress.query("SELECT COUNT(*) FROM taskwarren_outbox") == [(2,)]
+
+
+@pytest.mark.parametrize("data", [
+    pytest.param(b"From: x@example.com\r\nSubject: no id\r\n\r\nbody\r\n", id="no-message-id"),
+    pytest.param(b"Message-ID: <mime@x>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed;"
+                 b" boundary=\"b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\ntruncated",
+                 id="broken-mime"),
+    pytest.param(b"Message-ID: <\xff\xfe8bit@x>\r\nSubject: \xe9t\xe9 \xc3\xa9\r\n"
+                 b"From: \x00\x1b[2J@x\r\n\r\n\xff body\r\n", id="8-bit-headers"),
+    pytest.param(b"no header at all", id="no-headers"),
+])
+def test_bad_mail_is_accepted_under_a_clean_message_id_and_the_ingress_goes_on(
+        ingress: Running, data: bytes) -> None:
+    code, _ = send(ingress, data)
+
+    assert code == 250
+    [(message_id,)] = ingress.query(f"SELECT message_id FROM {INGRESS_TABLE}")
+    assert message_id == identify(data).message_id
+    assert all(" " < ch < "\x7f" for ch in str(message_id).replace(" ", "!"))
+    assert send(ingress, MESSAGE)[0] == 250
+
+
+def test_a_message_over_the_size_limit_gets_552_and_leaves_nothing(tmp_path: Path) -> None:
+    running = Running(tmp_path, max_bytes=10_000)
+    try:
+        with running.smtp() as client:
+            client.ehlo()
+            client.mail("ann@example.com")
+            client.rcpt("bob@example.org")
+            code, _ = client.data(MESSAGE + b"x" * 200 + (b"y" * 70 + b"\r\n") * 200)
+            assert code == 552
+            client.rset()
+            assert client.sendmail("ann@example.com", ["bob@example.org"], MESSAGE) == {}
+    finally:
+        running.ingress.stop()
+    assert len(running.new_files()) == 1
+
+
+@pytest.mark.slow
+def test_a_50_mb_message_is_accepted_whole(ingress: Running) -> None:
+    line = b"A" * 76 + b"\r\n"
+    data = MESSAGE + line * (50_000_000 // len(line))
+
+    code, _ = send(ingress, data)
+
+    assert code == 250
+    [path] = ingress.new_files()
+    assert path.stat().st_size == len(data)
+
+
+def test_lmtp_answers_once_per_recipient_and_queues_the_message_once(tmp_path: Path) -> None:
+    running = Running(tmp_path, lmtp=True)
+    try:
+        client = smtplib.LMTP("127.0.0.1", running.ingress.port, timeout=30)
+        try:
+            assert client.ehlo()[0] == 250  # LHLO
+            client.mail("ann@example.com")
+            for rcpt in ("bob@example.org", "carol@example.org", "dan@example.org"):
+                assert client.rcpt(rcpt)[0] == 250
+            replies = [client.data(MESSAGE)[0], client.getreply()[0], client.getreply()[0]]
+            # One recipient: smtplib's own sendmail reads its one reply.
+            single = client.sendmail("ann@example.com", ["eve@example.org"],
+                                     MESSAGE.replace(b"one@", b"two@"))
+        finally:
+            client.quit()
+    finally:
+        running.ingress.stop()
+
+    assert replies == [250, 250, 250]
+    assert single == {}
+    assert running.query("SELECT COUNT(*) FROM taskwarren_outbox") == [(2,)]
+
+
+def test_a_blocked_store_gets_451_then_the_retry_is_accepted(tmp_path: Path) -> None:
+    running = Running(tmp_path, timeout_s=0.5)
+    blocker = sqlite3.connect(running.db, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # SQLite's one write lock, held
+        code, text = send(running, MESSAGE)
+        assert (code, text[:5]) == (451, b"4.3.0")
+        assert running.new_files() == []
+        blocker.execute("ROLLBACK")
+
+        assert send(running, MESSAGE)[0] == 250
+    finally:
+        blocker.close()
+        running.ingress.stop()
+    assert running.query(f"SELECT COUNT(*) FROM {INGRESS_TABLE}") == [(1,)]
+
+
+def test_analysis_that_falls_behind_gets_451_until_the_outbox_drains(tmp_path: Path) -> None:
+    # No relay runs: the first job stays in the outbox, as when the broker is down.
+    running = Running(tmp_path, max_outbox_age_s=0.3)
+    try:
+        assert send(running, MESSAGE)[0] == 250
+        time.sleep(0.4)  # the first job is now older than the bound
+        refused, _ = send(running, MESSAGE.replace(b"one@", b"two@"))
+        running.query("DELETE FROM taskwarren_outbox")  # what a relay does once published
+        accepted, _ = send(running, MESSAGE.replace(b"one@", b"two@"))
+    finally:
+        running.ingress.stop()
+
+    assert (refused, accepted) == (451, 250)
+    assert running.query(f"SELECT COUNT(*) FROM {INGRESS_TABLE}") == [(2,)]
+    assert len(running.new_files()) == 2
+
+
+def test_the_command_refuses_a_job_store_other_than_the_results_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from workers.email_analysis.cli import main
+
+    monkeypatch.setenv("TASKWARREN_STORE_URL", f"sqlite:///{tmp_path / 'other.db'}")
+    result = CliRunner().invoke(main, ["ingress", "--maildir", str(tmp_path / "m"),
+                                       "--db", str(tmp_path / "results.db")])
+
+    assert result.exit_code == 2
+    assert "TASKWARREN_STORE_URL must name the same database" in result.output
+    assert not (tmp_path / "m").exists()

@@ -1,0 +1,72 @@
+"""An ingress message's analysis is stored once, on every results backend.
+
+The store's side of "analysed exactly once": the ingress recorded the message
+(``email_ingress``); the first analysis marks it analysed and upserts in one transaction,
+a redelivered one (the broker is at-least-once) finds the mark and writes nothing. Runs
+on SQLite, and on the machine's MariaDB and PostgreSQL (each a fresh database).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from taskwarren import Warren
+from tests.support.databases import fresh_database
+from workers.email_analysis.analysis import Analysis
+from workers.email_analysis.intake import Intake, identify
+from workers.email_analysis.store import ResultStore, UnknownIngressMessageError, open_store
+
+from .helpers import NOW
+
+RAW = b"Message-ID: <once@example.com>\r\nFrom: a@example.com\r\n\r\nbody\r\n"
+
+
+@pytest.fixture(params=["sqlite", "mysql", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with fresh_database(request.param, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def results(db_url: str) -> Iterator[ResultStore]:
+    intake = Intake(db_url, Warren("memory://", store_url=db_url, jobs=True))
+    intake.prepare()
+    try:
+        assert intake.accept(identify(RAW), Path("/maildir/new/1"), len(RAW)) is True
+        assert intake.accept(identify(RAW), Path("/maildir/new/2"), len(RAW)) is False
+    finally:
+        intake.close()
+    target = db_url.removeprefix("sqlite:///")
+    with open_store(target if db_url.startswith("sqlite") else db_url) as opened:
+        yield opened
+
+
+def _analysis(score: int, later_s: float = 0.0) -> Analysis:
+    return Analysis(message_id="<once@example.com>", sender_domain="example.com", score=score,
+                    reasons=[], analysed_at=NOW + timedelta(seconds=later_s))
+
+
+def test_the_first_analysis_of_an_accepted_message_is_stored_and_a_redelivery_is_not(
+        results: ResultStore) -> None:
+    key = identify(RAW).key
+
+    first = results.upsert_once(_analysis(40), key)
+    again = results.upsert_once(_analysis(90, later_s=5), key)
+
+    assert (first, again) == (True, False)
+    stored = results.get("<once@example.com>")
+    assert stored is not None and stored.score == 40
+    assert results.deliveries("<once@example.com>") == 1
+
+
+def test_an_analysis_for_a_message_the_ingress_never_accepted_fails_loudly_unstored(
+        results: ResultStore) -> None:
+    # Workers whose EMAIL_ANALYSIS_DB is not the ingress's database: the task fails (and
+    # is retried, then dead-lettered with this reason), never drops the result silently.
+    with pytest.raises(UnknownIngressMessageError, match="EMAIL_ANALYSIS_DB"):
+        results.upsert_once(_analysis(40), "0" * 64)
+    assert results.get("<once@example.com>") is None

@@ -1,0 +1,220 @@
+"""The SMTP/LMTP ingress: mail in, durable, recorded and queued for analysis, then 250.
+
+A mail server hands a copy of every message to the ingress (Postfix ``always_bcc`` to
+an SMTP relay, or an LMTP hop). Per message, in this order:
+
+1. the bytes go into the Maildir, fsynced (:class:`.maildir.Maildir`);
+2. one transaction of the results store records the message and enqueues its
+   analysis through taskwarren's outbox (:class:`.intake.Intake`);
+3. only then the answer is ``250`` (LMTP: one per recipient).
+
+A crash before the 250 means the mail server delivers again (the message key makes
+that a no-op if the first commit happened); a crash after it loses nothing. Whatever
+keeps step 1 or 2 from completing is answered ``451`` (try again later): a full disk,
+a store that is down or blocked, or analysis that is behind because the broker is
+down (:meth:`.intake.Intake.accept`). A message over the size limit is answered
+``552``. The protocol is aiosmtpd's; the blocking work (fsync, the transaction) runs
+in a thread pool, so sessions never wait on each other's disk or database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from .files import DEFAULT_MAX_BYTES
+from .intake import Intake, UnavailableError, identify
+from .maildir import Maildir
+
+__all__ = ["Ingress", "IngressConfig", "parse_listen"]
+
+log = structlog.get_logger("email_analysis.ingress")
+
+ACCEPTED = "250 2.0.0 Accepted for analysis"
+#: The temporary failure: the mail server keeps the message and tries again.
+RETRY_LATER = "451 4.3.0 Cannot accept the message now; try again later"
+
+
+@dataclass(frozen=True)
+class IngressConfig:
+    """How an ingress listens and where it puts mail.
+
+    Attributes:
+        host: address to listen on.
+        port: TCP port (0: any free one; see :attr:`Ingress.port`).
+        maildir: the Maildir messages are delivered into (the workers'
+            ``EMAIL_ANALYSIS_MAILDIR``).
+        lmtp: speak LMTP (LHLO, one reply per recipient) instead of SMTP.
+        max_bytes: the largest message accepted; larger ones get ``552``.
+        threads: threads doing the fsyncs and transactions (concurrent accepts).
+        accept_timeout_s: longest time one accept may take before the answer is ``451``
+            (a late commit is then a duplicate the next delivery finds).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 10025
+    maildir: Path = Path("maildir")
+    lmtp: bool = False
+    max_bytes: int = DEFAULT_MAX_BYTES
+    threads: int = 8
+    accept_timeout_s: float = 30.0
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:25`` for IPv6) as a host and a port.
+
+    Raises:
+        ValueError: not of that form.
+    """
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+class _Handler:
+    """aiosmtpd's handler: the DATA hook is where a message becomes durable or not."""
+
+    def __init__(self, ingress: Ingress) -> None:
+        self.ingress = ingress
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        content = envelope.original_content or b""
+        if isinstance(content, str):  # not with decode_data=False; defensive
+            content = content.encode("utf-8", "surrogateescape")
+        replies = max(1, len(envelope.rcpt_tos)) if self.ingress.config.lmtp else 1
+        status = await self.ingress.take(content)
+        return "\r\n".join([status] * replies)
+
+
+class Ingress:
+    """One SMTP or LMTP listener in front of an :class:`.intake.Intake`.
+
+    Use :meth:`serve` inside an event loop, or :meth:`start` / :meth:`stop` to run it
+    on a thread of its own (the demo, tests).
+    """
+
+    def __init__(self, config: IngressConfig, intake: Intake) -> None:
+        self.config = config
+        self.intake = intake
+        self.maildir = Maildir(config.maildir)
+        self.port = config.port
+        self._pool = ThreadPoolExecutor(config.threads, thread_name_prefix="ingress")
+        self._handler = _Handler(self)
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._failed: BaseException | None = None
+
+    # -- one message
+    def _accept_blocking(self, data: bytes) -> str:
+        identity = identify(data)
+        try:
+            path = self.maildir.deliver(data)
+        except OSError as exc:
+            log.warning("ingress.maildir_failed", error=exc.strerror or type(exc).__name__)
+            return RETRY_LATER
+        try:
+            new = self.intake.accept(identity, path, len(data))
+        except UnavailableError as exc:
+            self.maildir.discard(path)
+            log.warning("ingress.deferred", reason=str(exc))
+            return RETRY_LATER
+        if not new:
+            self.maildir.discard(path)
+            log.info("ingress.duplicate", message_key=identity.key)
+        return ACCEPTED
+
+    async def take(self, data: bytes) -> str:
+        """Make ``data`` durable and queued; the SMTP status line to answer with."""
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(self._pool, self._accept_blocking, data)
+        try:
+            return await asyncio.wait_for(asyncio.shield(work), self.config.accept_timeout_s)
+        except TimeoutError:
+            log.warning("ingress.deferred", reason="the accept took too long")
+            return RETRY_LATER
+
+    # -- serving
+    def _protocol(self) -> SMTP:
+        kind = LMTP if self.config.lmtp else SMTP
+        return kind(self._handler, data_size_limit=self.config.max_bytes,
+                    enable_SMTPUTF8=True, decode_data=False, ident="taskwarren-email ingress",
+                    loop=asyncio.get_running_loop())
+
+    async def serve(self, ready: threading.Event | None = None) -> None:
+        """Listen until :meth:`shutdown`, SIGTERM or SIGINT; then stop listening and let
+        the accepts in progress finish."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stopping = asyncio.Event()
+        self.intake.prepare()
+        server = await loop.create_server(self._protocol, self.config.host, self.config.port)
+        self.port = int(server.sockets[0].getsockname()[1])
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stopping.set)
+        log.info("ingress.started", host=self.config.host, port=self.port,
+                 protocol="lmtp" if self.config.lmtp else "smtp",
+                 maildir=str(self.maildir.root))
+        if ready is not None:
+            ready.set()
+        try:
+            await self._stopping.wait()
+        finally:
+            server.close()
+            # Accepts already running finish: their answer may still reach the client.
+            await loop.run_in_executor(None, self._pool.shutdown, True)
+            self.intake.close()
+            log.info("ingress.stopped")
+
+    def shutdown(self) -> None:
+        """Ask :meth:`serve` to stop (from any thread)."""
+        if self._loop is not None and self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Serve on a thread of its own; return once it listens (:attr:`port` is set).
+
+        Raises:
+            UnavailableError: the store could not be prepared.
+            TimeoutError: it did not start listening in time.
+        """
+
+        def run() -> None:
+            try:
+                asyncio.run(self.serve(self._ready))
+            except BaseException as exc:
+                self._failed = exc
+                self._ready.set()
+
+        self._thread = threading.Thread(target=run, name="ingress-loop", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise TimeoutError("the ingress did not start listening")
+        if self._failed is not None:
+            raise self._failed
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop a :meth:`start`-ed ingress and wait for its thread."""
+        self.shutdown()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+
+def run_forever(config: IngressConfig, intake: Intake) -> None:
+    """Run an ingress in this (main) thread until SIGTERM or SIGINT."""
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(Ingress(config, intake).serve())
+
+
