@@ -27,6 +27,7 @@ from taskwarren.errors import (
     ArgumentsError,
     MessageError,
     SoftTimeLimitExceeded,
+    TimeLimitExceeded,
     UnknownTaskError,
 )
 from taskwarren.logs import debug_enabled
@@ -93,6 +94,23 @@ class Executor:
         error = describe(exc) if exc is not None else "failed"
         name = type(exc).__name__ if exc is not None else "Error"
         return dead_letter(delivery, name, error, tb, "not retried", run.task), "dead_lettered"
+
+    def past_hard_limit(self, task: Task[Any, Any], delivery: Delivery) -> Action:
+        """How to settle a delivery whose task ran past its hard time limit (the worker
+        settles it while the task may still run); ``after_process`` is told first."""
+        limit = task.task_options.time_limit_s
+        exc = TimeLimitExceeded(f"task ran past its hard time limit of {limit}s")
+        envelope = delivery.envelope
+        failed = TaskRun(task.name, clip(envelope.message_id, MAX_ECHO_CHARS), envelope.attempt,
+                         delivery.queue, task=task, exception=exc, envelope=envelope,
+                         settled_early=True)
+        action, outcome = self.failure(failed, delivery, "")
+        log.error("task.time_limit_exceeded", task=task.name, outcome=outcome,
+                  task_id=clip(envelope.message_id, MAX_ECHO_CHARS), limit_s=limit)
+        failed.outcome = outcome
+        failed.delay_s = action.delay_s if isinstance(action, Republish) else 0.0
+        self.middleware.after_process(failed)  # before it is settled
+        return with_records(action, failed)
 
     def prepare(self, delivery: Delivery) -> tuple[Task[Any, Any], dict[str, Any]]:
         """Check and decode a delivery.
