@@ -168,10 +168,15 @@ def wants_loop(executor: Executor, delivery: Delivery) -> bool:
 def room(tasks: Iterable[Task[Any, Any]], queues: Iterable[str], threads: int,
          async_concurrency: int) -> dict[str, int]:
     """How many deliveries of each queue a child may run at once (its prefetch's floor):
-    its threads, plus its async slots where the queue has an async task."""
+    its threads, plus its async slots unless only plain tasks have the queue as theirs (a
+    queue no task names may carry any call routed there with ``.options(queue=...)``)."""
     tasks = list(tasks)
-    return {q: threads + (async_concurrency if any(t.is_async and t.queue == q for t in tasks)
-                          else 0) for q in queues}
+
+    def async_room(q: str) -> int:
+        mine = [t for t in tasks if t.queue == q]
+        return async_concurrency if not mine or any(t.is_async for t in mine) else 0
+
+    return {q: threads + async_room(q) for q in queues}
 
 
 def _cancel_first(calls: list[asyncio.Task[Any]]) -> None:
