@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
-from taskwarren import Backoff, SoftTimeLimitExceeded, Warren
+from taskwarren import Backoff, Middleware, SoftTimeLimitExceeded, TaskRun, Warren
 from taskwarren.message import H_ERROR_TYPE
-from taskwarren.testing import join
+from taskwarren.middleware.jobs import cancel_requested
+from taskwarren.store import open_store
+from taskwarren.testing import join, project
 
 
 @pytest.fixture
@@ -94,3 +97,66 @@ def test_system_exit_in_an_async_task_is_its_failure_not_the_loops(app: Warren) 
     assert result.outcome == "dead_lettered" and isinstance(result.error, SystemExit)
     (dead,) = app.broker.dead_letters("aio")
     assert dead.headers[H_ERROR_TYPE] == "SystemExit"
+
+
+class Hooks(Middleware):
+    """Records what the process hooks saw."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str]] = []
+
+    def before_process(self, run: TaskRun) -> None:
+        self.seen.append(("before", run.task_name, run.outcome))
+
+    def after_process(self, run: TaskRun) -> None:
+        self.seen.append(("after", run.task_name, run.outcome))
+
+
+def test_middleware_sees_an_async_run_and_its_outcome(app: Warren) -> None:
+    hooks = Hooks()
+    app.add_middleware(hooks)
+
+    @app.task(queue="aio", name="fine")
+    async def fine() -> None:
+        await asyncio.sleep(0)
+
+    @app.task(queue="aio", name="broken")
+    async def broken() -> None:
+        raise ValueError("no")
+
+    fine.send()
+    broken.send()
+    join(app, fail_on_error=False)
+    assert hooks.seen == [("before", "fine", ""), ("after", "fine", "succeeded"),
+                          ("before", "broken", ""), ("after", "broken", "dead_lettered")]
+
+
+def test_the_job_store_records_async_runs(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    store = open_store(url)
+    store.init()
+    store.close()
+    app = Warren(url="memory://", store_url=url)
+    seen: list[bool] = []
+
+    @app.task(queue="aio", name="ok")
+    async def ok() -> None:
+        await asyncio.sleep(0)
+        seen.append(cancel_requested())
+
+    @app.task(queue="aio", name="bad")
+    async def bad() -> None:
+        await asyncio.sleep(0)
+        raise RuntimeError("async and broken")
+
+    try:
+        good_id, bad_id = ok.send(), bad.send()
+        join(app, fail_on_error=False)
+        project(app)
+        good, failed = app.jobs.get(good_id), app.jobs.get(bad_id)
+        assert good is not None and good.state == "succeeded"
+        assert failed is not None and failed.state == "dead"
+        assert "async and broken" in (failed.error or "")
+        assert seen == [False]
+    finally:
+        app.close()
