@@ -10,8 +10,10 @@ to a ledger), plus the child's CPU seconds. Variants, interleaved each rep:
 * ``async c10``: the same with 10 at once;
 * ``threads 100``/``threads 8``: a plain function in ``time.sleep``, ``--threads N``.
 
-The worker loads this file as the module ``async_tasks`` (the queue comes from
-``BENCH_QUEUE``). Needs RabbitMQ at ``TASKWARREN_URL`` (default: the local guest broker).
+The worker loads this file as the module ``async_tasks`` (the queues come from
+``BENCH_QUEUE`` and ``BENCH_SYNC_QUEUE``). Needs RabbitMQ at ``TASKWARREN_URL``
+(default: the local guest broker). The machine's load skews it: run it on a quiet one,
+and read the spread (min and max) beside the median.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from taskwarren import task
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 QUEUE = os.environ.get("BENCH_QUEUE", "bench-async")
+SYNC_QUEUE = os.environ.get("BENCH_SYNC_QUEUE", "bench-async-sync")
 SLEEP_S = 0.05
 URL = os.environ.get("TASKWARREN_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
@@ -51,7 +54,7 @@ async def async_nap(ledger: str, sleep_s: float) -> None:
     _mark(ledger, "end")
 
 
-@task(queue=QUEUE, name="bench.sync_nap")
+@task(queue=SYNC_QUEUE, name="bench.sync_nap")
 def sync_nap(ledger: str, sleep_s: float) -> None:
     """Sleep ``sleep_s`` in an executor thread."""
     _mark(ledger, "start")
@@ -94,7 +97,10 @@ def measure(kind: str, extra: list[str], n: int) -> tuple[float, float]:
     name = async_nap.name if kind == "async" else sync_nap.name
     sender = app.task(queue=queue, name=name)(fn)
     sender.send_many([{"ledger": ledger, "sleep_s": SLEEP_S}] * n)
-    env = {**os.environ, "BENCH_QUEUE": queue, "PYTHONPATH": f"{HERE}:{ROOT}"}
+    # The queue is the task's own in the worker, as in an application (it sets the
+    # queue's prefetch floor: threads, plus the loop's slots where async tasks live).
+    env = {**os.environ, "BENCH_QUEUE" if kind == "async" else "BENCH_SYNC_QUEUE": queue,
+           "PYTHONPATH": f"{HERE}:{ROOT}"}
     pool = subprocess.Popen([sys.executable, "-m", "taskwarren", "worker", "async_tasks", "-c",
                              "1", "-Q", queue, "--url", URL, *extra], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -134,11 +140,14 @@ def main() -> None:
     floor = n * SLEEP_S / 100
     print(f"{n} tasks of {SLEEP_S * 1000:.0f} ms each, -c 1, {reps} reps (median; "
           f"floor at 100 at once: {floor:.2f} s)\n")
-    print("| variant | drain s | tasks/s | child CPU s |\n|---|---|---|---|")
+    print("| variant | drain s (median) | min-max | tasks/s | child CPU s |\n|---|---|---|---|---|")
     for variant, runs in results.items():
-        drain = statistics.median(r[0] for r in runs)
+        drains = [r[0] for r in runs]
+        drain = statistics.median(drains)
         cpu = statistics.median(r[1] for r in runs)
-        print(f"| {variant} | {drain:.2f} | {n / drain:.0f} | {cpu:.2f} |")
+        print(f"| {variant} | {drain:.2f} | {min(drains):.2f}-{max(drains):.2f} | "
+              f"{n / drain:.0f} | {cpu:.2f} |")
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
 
 
 if __name__ == "__main__":

@@ -208,6 +208,9 @@ class AsyncRunner:
         self._consumer: Consumer | None = None
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._main, name="event-loop", daemon=True)
+        #: Slots still taking deliveries (each ends on a ``None`` from :meth:`stop`).
+        self.serving = size
+        self._wake_due = False
 
     def start(self, consumer: Consumer) -> None:
         """Start the loop thread; returns once it takes deliveries."""
@@ -257,6 +260,12 @@ class AsyncRunner:
         await asyncio.gather(*(self._slot(self.first_slot + i) for i in range(self.size)))
 
     async def _slot(self, slot: int) -> None:
+        try:
+            await self._serve_slot(slot)
+        finally:
+            self.serving -= 1  # only this thread writes it
+
+    async def _serve_slot(self, slot: int) -> None:
         inbox, consumer, host = self._inbox, self._consumer, self.host
         assert inbox is not None and consumer is not None
         while True:
@@ -272,8 +281,15 @@ class AsyncRunner:
                          task_id=clip(delivery.envelope.message_id, MAX_ECHO_CHARS))
                 continue
             await self._process(consumer, delivery, slot)
-            if inbox.empty():
-                consumer.wakeup()
+            if inbox.empty() and not self._wake_due:
+                # Once for every task that ended in this turn of the loop, not once each:
+                # the I/O thread then acks them together and fetches more.
+                self._wake_due = True
+                asyncio.get_running_loop().call_soon(self._wake, consumer)
+
+    def _wake(self, consumer: Consumer) -> None:
+        self._wake_due = False
+        consumer.wakeup()
 
     async def _admit(self, alone: bool) -> bool:
         gate = self.host.gate

@@ -235,10 +235,12 @@ class WorkerChild:
         return EXIT_REPLACE if self._replace else 0
 
     def _async_running(self) -> bool:
+        """Whether a slot of the loop still has work that is not past its hard limit."""
         if self.aio is None or not self.aio.is_alive():
             return False
         with self.lock:
-            return any(key < 0 and not run.claimed for key, run in self.running.items())
+            claimed = sum(1 for key, run in self.running.items() if key < 0 and run.claimed)
+        return self.aio.serving > claimed
 
     def _owns_unclaimed(self, worker: threading.Thread) -> bool:
         with self.lock:
