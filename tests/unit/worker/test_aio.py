@@ -12,6 +12,7 @@ from taskwarren.message import H_ERROR_TYPE
 from taskwarren.middleware.jobs import cancel_requested
 from taskwarren.store import open_store
 from taskwarren.testing import join, project
+from taskwarren.worker.aio import room
 
 
 @pytest.fixture
@@ -160,3 +161,17 @@ def test_the_job_store_records_async_runs(tmp_path: Path) -> None:
         assert seen == [False]
     finally:
         app.close()
+
+
+def test_a_queue_with_async_tasks_counts_the_loops_slots_in_its_prefetch_floor(
+    app: Warren,
+) -> None:
+    @app.task(queue="io")
+    async def fetch() -> None: ...
+
+    @app.task(queue="cpu")
+    def crunch() -> None: ...
+
+    # "routed" is no task's own queue: calls of either kind may be sent there.
+    assert room(app.tasks.values(), ["io", "cpu", "routed"], 4, 100) == {
+        "io": 104, "cpu": 4, "routed": 104}
