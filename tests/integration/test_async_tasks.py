@@ -29,7 +29,7 @@ def sender(url: str, queue: str) -> tuple[Warren, dict[str, Any]]:
     app = Warren(url=url)
     tasks = {name: app.task(queue=queue, name=getattr(twasync, name).name)(
         getattr(twasync, name).fn) for name in ("naps", "plain_naps", "always_fails",
-                                               "outlives_hard_limit")}
+                                               "outlives_hard_limit", "blocks_loop")}
     return app, tasks
 
 
@@ -187,9 +187,34 @@ def sigterm_drains(url: str, queue: str, ledger: Ledger, tmp_path: Path) -> None
     assert ready(url, queue) == 0 and dead(url, queue) == []
 
 
+def blocked_loop(url: str, queue: str, ledger: Ledger, tmp_path: Path) -> None:
+    """A task blocking the loop: the I/O thread still settles it at its hard limit (it
+    keeps turning, heartbeats with it), and the child is replaced."""
+    app, tasks = sender(url, queue)
+    workers = pool(url, queue, tmp_path)
+    try:
+        tasks["blocks_loop"].send(1, str(ledger), 8.0)
+        wait_until(lambda: ledger.count("start")[1] == 1, 30, what="the task to start")
+        started = time.monotonic()
+        wait_until(lambda: len(dead(url, queue)) == 1, 30, what="the dead letter")
+        assert time.monotonic() - started < 6, "settled while the loop was still blocked"
+        assert ledger.count("end")[1] == 0
+        tasks["naps"].send(2, str(ledger), 0.0)
+        wait_until(lambda: ledger.count("end")[2] == 1, 40, what="a task after it")
+        assert workers.stop() == 0
+    finally:
+        app.close()
+        workers.kill()
+    (letter,) = dead(url, queue)
+    assert letter.headers[H_ERROR_TYPE] == "TimeLimitExceeded"
+    blocked = {pid for e, n, pid in ledger.events() if e == "start" and n == 1}
+    after = {pid for e, n, pid in ledger.events() if e == "end" and n == 2}
+    assert after and not after & blocked, "the blocked child was replaced"
+
+
 SCENARIOS: dict[str, Callable[[str, str, Ledger, Path], None]] = {
     "overlap": overlap_and_mix, "retries": retries_then_dead, "hard_limit": hard_limit_cancels,
-    "kill": kill_redelivers, "sigterm": sigterm_drains}
+    "kill": kill_redelivers, "sigterm": sigterm_drains, "blocked": blocked_loop}
 
 
 @pytest.mark.rabbitmq

@@ -53,3 +53,11 @@ async def outlives_hard_limit(n: int, ledger: str, swallow: bool = False) -> Non
             raise
     await asyncio.sleep(60)  # swallowed: ignore the cancellation and go on
     _mark(ledger, "end", n)
+
+
+@task(queue=QUEUE, time_limit=1)
+async def blocks_loop(n: int, ledger: str, block_s: float) -> None:
+    """Block the event loop (a synchronous sleep inside async def: a bug to survive)."""
+    _mark(ledger, "start", n)
+    time.sleep(block_s)
+    _mark(ledger, "end", n)
