@@ -29,13 +29,16 @@ def sender(url: str, queue: str) -> tuple[Warren, dict[str, Any]]:
     app = Warren(url=url)
     tasks = {name: app.task(queue=queue, name=getattr(twasync, name).name)(
         getattr(twasync, name).fn) for name in ("naps", "plain_naps", "always_fails",
-                                               "outlives_hard_limit", "blocks_loop")}
+                                               "outlives_hard_limit", "blocks_loop",
+                                               "kills_its_child")}
     return app, tasks
 
 
-def pool(url: str, queue: str, tmp_path: Path, extra: list[str] | None = None) -> Pool:
+def pool(url: str, queue: str, tmp_path: Path, extra: list[str] | None = None,
+         env: dict[str, str] | None = None) -> Pool:
     return Pool(MODULE, [queue], url, concurrency=1, extra=extra,
-                env={"TW_ASYNC_QUEUE": queue}, log_path=tmp_path / f"pool-{uuid.uuid4().hex}.log")
+                env={"TW_ASYNC_QUEUE": queue, **(env or {})},
+                log_path=tmp_path / f"pool-{uuid.uuid4().hex}.log")
 
 
 def dead(url: str, queue: str) -> list[Envelope]:
@@ -212,9 +215,30 @@ def blocked_loop(url: str, queue: str, ledger: Ledger, tmp_path: Path) -> None:
     assert after and not after & blocked, "the blocked child was replaced"
 
 
+def poison_parked(url: str, queue: str, ledger: Ledger, tmp_path: Path) -> None:
+    """An async task that kills its process each time is dead-lettered as poison."""
+    app, tasks = sender(url, queue)
+    try:
+        task_id = tasks["kills_its_child"].send(1, str(ledger))
+        tasks["naps"].send(2, str(ledger), 0.0)
+    finally:
+        app.close()
+    workers = pool(url, queue, tmp_path, env={"TASKWARREN_POISON_KILLS": "2"})
+    try:
+        wait_until(lambda: len(dead(url, queue)) == 1, 60, what="the poison parked")
+        wait_until(lambda: ledger.count("end")[2] == 1, 30, what="the innocent task")
+        assert workers.stop() == 0
+    finally:
+        workers.kill()
+    assert ledger.count("start")[1] == 2, "run once per kill allowed, then parked unrun"
+    (letter,) = dead(url, queue)
+    assert letter.message_id == task_id and letter.headers[H_ERROR_TYPE] == "PoisonMessage"
+
+
 SCENARIOS: dict[str, Callable[[str, str, Ledger, Path], None]] = {
     "overlap": overlap_and_mix, "retries": retries_then_dead, "hard_limit": hard_limit_cancels,
-    "kill": kill_redelivers, "sigterm": sigterm_drains, "blocked": blocked_loop}
+    "kill": kill_redelivers, "sigterm": sigterm_drains, "blocked": blocked_loop,
+    "poison": poison_parked}
 
 
 @pytest.mark.rabbitmq

@@ -61,3 +61,11 @@ async def blocks_loop(n: int, ledger: str, block_s: float) -> None:
     _mark(ledger, "start", n)
     time.sleep(block_s)
     _mark(ledger, "end", n)
+
+
+@task(queue=QUEUE)
+async def kills_its_child(n: int, ledger: str) -> None:
+    """Kill the process running it, after an await (a crash in a C extension, say)."""
+    _mark(ledger, "start", n)
+    await asyncio.sleep(0.05)
+    os.kill(os.getpid(), 9)
