@@ -298,7 +298,8 @@ class WorkerChild:
             if delivery.redelivered and self.is_poison(delivery):
                 settled = True  # dead-lettered
                 return True
-            wants_alone = (self._room.get(delivery.queue, self.threads) > 1
+            # Alone: no other thread, nor any task of the loop, runs beside it.
+            wants_alone = (self.threads + (self.aio.size if self.aio else 0) > 1
                            and delivery.redelivered
                            and self.kills.suspected(delivery.envelope.message_id))
             if not self.gate.admit(wants_alone):

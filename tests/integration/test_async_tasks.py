@@ -235,10 +235,34 @@ def poison_parked(url: str, queue: str, ledger: Ledger, tmp_path: Path) -> None:
     assert letter.message_id == task_id and letter.headers[H_ERROR_TYPE] == "PoisonMessage"
 
 
+def killer_beside_others(url: str, queue: str, ledger: Ledger, tmp_path: Path) -> None:
+    """Killed beside other async tasks, nobody is charged; each then runs alone, where
+    the killer's deaths count and it is parked; the innocent ones end."""
+    app, tasks = sender(url, queue)
+    try:
+        tasks["naps"].send_many([{"n": n, "ledger": str(ledger), "sleep_s": 1.0}
+                                 for n in range(3)])
+        killer = tasks["kills_its_child"].send(9, str(ledger), wait_s=0.5)
+    finally:
+        app.close()
+    workers = pool(url, queue, tmp_path, env={"TASKWARREN_POISON_KILLS": "2"})
+    try:
+        wait_until(lambda: len(dead(url, queue)) == 1, 90, what="the killer parked")
+        wait_until(lambda: all(ledger.count("end")[n] >= 1 for n in range(3)), 30,
+                   what="the innocent tasks to end")
+        assert workers.stop() == 0
+    finally:
+        workers.kill()
+    (letter,) = dead(url, queue)
+    assert letter.message_id == killer and letter.headers[H_ERROR_TYPE] == "PoisonMessage"
+    assert ledger.count("start")[9] == 3, "one death beside the others, two alone"
+    assert "worker.child_died_unattributed" in workers.log_text()
+
+
 SCENARIOS: dict[str, Callable[[str, str, Ledger, Path], None]] = {
     "overlap": overlap_and_mix, "retries": retries_then_dead, "hard_limit": hard_limit_cancels,
     "kill": kill_redelivers, "sigterm": sigterm_drains, "blocked": blocked_loop,
-    "poison": poison_parked}
+    "poison": poison_parked, "suspects": killer_beside_others}
 
 
 @pytest.mark.rabbitmq

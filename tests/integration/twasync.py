@@ -64,8 +64,8 @@ async def blocks_loop(n: int, ledger: str, block_s: float) -> None:
 
 
 @task(queue=QUEUE)
-async def kills_its_child(n: int, ledger: str) -> None:
+async def kills_its_child(n: int, ledger: str, wait_s: float = 0.05) -> None:
     """Kill the process running it, after an await (a crash in a C extension, say)."""
     _mark(ledger, "start", n)
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(wait_s)
     os.kill(os.getpid(), 9)
