@@ -8,7 +8,7 @@ to a ledger), plus the child's CPU seconds. Variants, interleaved each rep:
 
 * ``async c100``: ``async def`` awaiting ``asyncio.sleep``, ``--async-concurrency 100``;
 * ``async c10``: the same with 10 at once;
-* ``threads 100``/``threads 8``: a plain function in ``time.sleep``, ``--threads N``.
+* ``threads 100``/``threads 10``: a plain function in ``time.sleep``, ``--threads N``.
 
 The worker loads this file as the module ``async_tasks`` (the queues come from
 ``BENCH_QUEUE`` and ``BENCH_SYNC_QUEUE``). Needs RabbitMQ at ``TASKWARREN_URL``
@@ -66,7 +66,7 @@ VARIANTS = {
     "async c100": ("async", ["--async-concurrency", "100"]),
     "async c10": ("async", ["--async-concurrency", "10"]),
     "threads 100": ("sync", ["--threads", "100"]),
-    "threads 8": ("sync", ["--threads", "8"]),
+    "threads 10": ("sync", ["--threads", "10"]),
 }
 
 
