@@ -33,6 +33,7 @@ from taskwarren.errors import ConfigurationError, TaskwarrenError
 from taskwarren.message import H_REASON, decode_kwargs, failure_summary
 from taskwarren.pools import live_pools
 from taskwarren.settings import Settings
+from taskwarren.worker.aio import DEFAULT_ASYNC_CONCURRENCY
 
 
 class _Commands(CommandGroup):
@@ -59,6 +60,9 @@ def main() -> None:
 @click.option("-Q", "--queues", default=None, help="Comma-separated queues (default: all used).")
 @click.option("--threads", type=int, default=1, show_default=True,
               help="Executor threads per child.")
+@click.option("--async-concurrency", type=click.IntRange(min=1),
+              default=DEFAULT_ASYNC_CONCURRENCY, show_default=True,
+              help="async def tasks each child runs at once on its event loop.")
 @click.option("--prefetch", type=int, default=None,
               help="Pin the per-consumer prefetch (default: adapts to task durations).")
 @click.option("--url", default=None, help="Broker URL (default: TASKWARREN_URL).")
@@ -74,9 +78,9 @@ def main() -> None:
               help="Run the scheduler beside the pool when tasks have cron= or every=.")
 @log_options
 def worker(modules: tuple[str, ...], concurrency: int | None, queues: str | None,
-           threads: int, prefetch: int | None, url: str | None, grace: float | None,
-           metrics_port: int | None, middleware: tuple[str, ...], relay: bool,
-           scheduler: bool) -> None:
+           threads: int, async_concurrency: int, prefetch: int | None, url: str | None,
+           grace: float | None, metrics_port: int | None, middleware: tuple[str, ...],
+           relay: bool, scheduler: bool) -> None:
     """Run a pool of worker processes for the tasks in MODULES."""
     from taskwarren.cli_store import relay_sidecars
     from taskwarren.worker.supervisor import Supervisor
@@ -97,7 +101,8 @@ def worker(modules: tuple[str, ...], concurrency: int | None, queues: str | None
     pool = Supervisor(app, chosen, concurrency or os.cpu_count() or 1, threads,
                       prefetch or app.settings.prefetch, grace, metrics_port=metrics_port,
                       sidecars=[*(relay_sidecars(app) if relay else ()),
-                                *(scheduler_sidecars(app) if scheduler else ())])
+                                *(scheduler_sidecars(app) if scheduler else ())],
+                      async_concurrency=async_concurrency)
     try:
         code = pool.run()
     finally:

@@ -123,7 +123,8 @@ class Task(Generic[P, R]):
         self.fn = fn
         self.name = name
         self.task_options = options
-        _check_not_async(fn, name)
+        #: ``async def``: a worker awaits it on its child's event loop.
+        self.is_async = _is_async(fn, name)
         self.model = _argument_model(fn, name)
         self._signature = inspect.signature(fn)
         self._fields = tuple(self._signature.parameters)
@@ -269,11 +270,11 @@ class Task(Generic[P, R]):
         return {name: getattr(validated, name) for name in self._fields}
 
 
-def _check_not_async(fn: Callable[..., Any], name: str) -> None:
-    """Refuse coroutine and async generator functions (and objects with such a ``__call__``).
+def _is_async(fn: Callable[..., Any], name: str) -> bool:
+    """Whether ``fn`` is a coroutine function (or an object with an ``async def __call__``).
 
-    A worker calls a task and acks it when the call returns; an ``async def`` returns a
-    coroutine at once, which nothing would ever await: the work would be acked undone.
+    A worker awaits such a task on its child's event loop. An async generator is refused:
+    nothing would iterate it, and the message would be acked without the work done.
     """
     target: Any = fn
     while isinstance(target, functools.partial):
@@ -281,13 +282,11 @@ def _check_not_async(fn: Callable[..., Any], name: str) -> None:
     candidates = [target]
     if not inspect.isfunction(target) and not inspect.ismethod(target):
         candidates.append(type(target).__call__)
-    for candidate in candidates:
-        if inspect.iscoroutinefunction(candidate) or inspect.isasyncgenfunction(candidate):
-            raise ConfigurationError(
-                f"task {name!r} is async: async tasks are not supported yet (nothing would "
-                "await the coroutine, and the message would be acked without running); "
-                "register a plain function, e.g. one that calls asyncio.run(...)"
-            )
+    if any(inspect.isasyncgenfunction(c) for c in candidates):
+        raise ConfigurationError(f"task {name!r} is an async generator: nothing would iterate "
+                                 "it (the message would be acked undone); use async def that "
+                                 "returns")
+    return any(inspect.iscoroutinefunction(c) for c in candidates)
 
 
 def _check_subscriber(name: str, signature: inspect.Signature) -> None:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 
@@ -17,6 +18,7 @@ from taskwarren.app import Warren
 from taskwarren.brokers.base import Republish, settlement
 from taskwarren.brokers.memory import MemoryBroker
 from taskwarren.errors import ConfigurationError
+from taskwarren.worker.aio import run_async, wants_loop
 from taskwarren.worker.execute import Executor, Result
 
 
@@ -66,7 +68,10 @@ def join(
                     raise TimeoutError(f"delayed work remains after {timeout_s}s")
                 deliveries = consumer.poll(min(1.0, max(0.0, deadline - time.monotonic())))
             for delivery in deliveries:
-                result = executor.run(delivery)
+                if wants_loop(executor, delivery):  # an async def task: awaited here
+                    result = asyncio.run(run_async(executor, delivery))
+                else:
+                    result = executor.run(delivery)
                 consumer.settle(delivery, result.action)
                 results.append(result)
                 if fail_on_error and result.error is not None:

@@ -20,6 +20,7 @@ the one it had), tasks run unchecked (a warning says so every
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import socket
@@ -68,7 +69,9 @@ _requested: set[str] = set()
 #: before the store (the guarantee), so a cancel holds while the store is down. Bounded.
 _cancelled: OrderedDict[tuple[str, int], None] = OrderedDict()
 _MAX_REQUESTED = 10_000
-_current = threading.local()
+#: The job the running task (thread, or asyncio task) works on.
+_current: contextvars.ContextVar[str | None] = contextvars.ContextVar("taskwarren_job",
+                                                                      default=None)
 
 #: Verdicts kept for deliveries admitted and not yet run, at most.
 MAX_VERDICTS = 10_000
@@ -84,7 +87,7 @@ _names: dict[int, str] = {}
 def cancel_requested() -> bool:
     """Inside a task: whether a cancel came for the job it runs (``taskwarren jobs cancel``
     found it running). The task may stop early (return, or raise) or finish."""
-    task_id = getattr(_current, "task_id", None)
+    task_id = _current.get()
     return task_id is not None and task_id in _requested
 
 
@@ -227,7 +230,7 @@ class JobRecorder(Middleware):
         if envelope.event or (run.task is not None and run.task.task_options.broadcast) \
                 or not is_job_id(envelope.message_id):
             return None
-        _current.task_id = envelope.message_id
+        _current.set(envelope.message_id)
         epoch = envelope_epoch(envelope)
         run.state["job"] = (envelope.message_id, epoch, float(envelope.timestamp or time.time()),
                             time.time())
@@ -258,7 +261,7 @@ class JobRecorder(Middleware):
                 run.envelope.event or run.task.task_options.broadcast)):
             return  # not a job
         task_id, epoch, created_at, started_at = job
-        _current.task_id = None
+        _current.set(None)
         _requested.discard(task_id)
         key = (task_id, run.attempt)
         with self._lock:

@@ -27,6 +27,7 @@ from taskwarren.errors import (
     ArgumentsError,
     MessageError,
     SoftTimeLimitExceeded,
+    TimeLimitExceeded,
     UnknownTaskError,
 )
 from taskwarren.logs import debug_enabled
@@ -94,6 +95,23 @@ class Executor:
         name = type(exc).__name__ if exc is not None else "Error"
         return dead_letter(delivery, name, error, tb, "not retried", run.task), "dead_lettered"
 
+    def past_hard_limit(self, task: Task[Any, Any], delivery: Delivery) -> Action:
+        """How to settle a delivery whose task ran past its hard time limit (the worker
+        settles it while the task may still run); ``after_process`` is told first."""
+        limit = task.task_options.time_limit_s
+        exc = TimeLimitExceeded(f"task ran past its hard time limit of {limit}s")
+        envelope = delivery.envelope
+        failed = TaskRun(task.name, clip(envelope.message_id, MAX_ECHO_CHARS), envelope.attempt,
+                         delivery.queue, task=task, exception=exc, envelope=envelope,
+                         settled_early=True)
+        action, outcome = self.failure(failed, delivery, "")
+        log.error("task.time_limit_exceeded", task=task.name, outcome=outcome,
+                  task_id=clip(envelope.message_id, MAX_ECHO_CHARS), limit_s=limit)
+        failed.outcome = outcome
+        failed.delay_s = action.delay_s if isinstance(action, Republish) else 0.0
+        self.middleware.after_process(failed)  # before it is settled
+        return with_records(action, failed)
+
     def prepare(self, delivery: Delivery) -> tuple[Task[Any, Any], dict[str, Any]]:
         """Check and decode a delivery.
 
@@ -148,7 +166,8 @@ class Executor:
         """Run one delivery through the middleware and decide its fate; never raises.
 
         Whatever the task raises, ``BaseException`` such as ``SystemExit`` included, is
-        its failure: retried or dead-lettered by the middleware.
+        its failure: retried or dead-lettered by the middleware. (An ``async def`` task
+        runs through :func:`taskwarren.worker.aio.run_async` instead.)
 
         Args:
             delivery: what to run.
@@ -157,6 +176,18 @@ class Executor:
             on_end: worker plumbing: called as soon as the function has returned or
                 raised (the child withdraws a pending soft time limit there).
         """
+        run, ready = self.begin(delivery)
+        if isinstance(ready, Result):
+            return self.end(run, ready)
+        try:
+            result = self.call(run, delivery, ready, on_start, on_end)
+        except Exception as exc:
+            result = self.fault(delivery, exc)
+        return self.end(run, result)
+
+    def begin(self, delivery: Delivery) -> tuple[TaskRun, Result | dict[str, Any]]:
+        """Resolve, run ``before_process`` and ``skip``, decode: the keyword arguments to
+        call the task with, or the :class:`Result` already decided (rejected, skipped)."""
         envelope = delivery.envelope
         run = TaskRun(UNKNOWN_TASK, clip(envelope.message_id, MAX_ECHO_CHARS),
                       envelope.attempt, delivery.queue, delivery.redelivered,
@@ -177,16 +208,21 @@ class Executor:
             if reason is not None:
                 log.info("task.skipped", task=run.task_name, task_id=run.task_id,
                          reason=clip(reason))
-                result = Result(ACK, "skipped", task=run.task_name)
-            else:
-                result = self._run(delivery, run, problem, on_start, on_end)
+                return run, Result(ACK, "skipped", task=run.task_name)
+            return run, self._decode_or_reject(delivery, run, problem)
         except Exception as exc:
-            # A fault of ours (or of an exception's own __str__): the delivery is still
-            # settled, and kept.
-            log.exception("worker.executor_failed", error_type=type(exc).__name__)
-            error = f"the worker failed while running this message ({type(exc).__name__})"
-            result = Result(dead_letter(delivery, "WorkerError", error, reason=error),
-                            "dead_lettered", error=exc)
+            return run, self.fault(delivery, exc)
+
+    def fault(self, delivery: Delivery, exc: Exception) -> Result:
+        """A fault of ours (or of an exception's own ``__str__``): the delivery is still
+        settled, and kept (dead-lettered)."""
+        log.exception("worker.executor_failed", error_type=type(exc).__name__)
+        error = f"the worker failed while running this message ({type(exc).__name__})"
+        return Result(dead_letter(delivery, "WorkerError", error, reason=error),
+                      "dead_lettered", error=exc)
+
+    def end(self, run: TaskRun, result: Result) -> Result:
+        """Tell ``after_process`` what became of ``run``; the result to settle with."""
         run.outcome, run.exception, run.duration_s = result.outcome, result.error, result.duration_s
         if result.task:
             run.task_name = self.label(result.task)
@@ -194,20 +230,15 @@ class Executor:
         result.action = with_records(result.action, run)
         return result
 
-    def _run(
-        self,
-        delivery: Delivery,
-        run: TaskRun,
-        problem: Exception | None,
-        on_start: Callable[[Task[Any, Any]], None] | None,
-        on_end: Callable[[], None] | None,
-    ) -> Result:
+    def _decode_or_reject(
+        self, delivery: Delivery, run: TaskRun, problem: Exception | None
+    ) -> Result | dict[str, Any]:
         task = run.task
         try:
             if problem is not None:
                 raise problem
             assert task is not None
-            kwargs = self.decode(delivery, task)
+            return self.decode(delivery, task)
         except (MessageError, ArgumentsError) as exc:
             name = task.name if task is not None else delivery.envelope.task
             log.error("message.rejected", task=clip(name, MAX_ECHO_CHARS),
@@ -216,6 +247,29 @@ class Executor:
             action = dead_letter(delivery, type(exc).__name__, str(exc), reason=str(exc),
                                  task=task)
             return Result(action, "rejected", task=name, error=exc)
+
+    def failed(self, run: TaskRun, delivery: Delivery, exc: BaseException, tb: str,
+               duration_s: float) -> Result:
+        """The result of a call that raised ``exc``: retried or dead-lettered."""
+        assert run.task is not None
+        run.exception = exc
+        run.traceback = tb
+        action, outcome = self.failure(run, delivery, tb)
+        if isinstance(action, Republish):
+            run.delay_s = action.delay_s
+        return Result(action, outcome, duration_s, run.task.name, exc)
+
+    def call(
+        self,
+        run: TaskRun,
+        delivery: Delivery,
+        kwargs: dict[str, Any],
+        on_start: Callable[[Task[Any, Any]], None] | None,
+        on_end: Callable[[], None] | None,
+    ) -> Result:
+        """Call a plain task's function with ``kwargs``; what came of it."""
+        task = run.task
+        assert task is not None
         if debug_enabled():
             log.debug("task.started", task=task.name)
         started = time.perf_counter()
@@ -233,12 +287,7 @@ class Executor:
         except BaseException as exc:
             duration = time.perf_counter() - started
             if not (returned and isinstance(exc, SoftTimeLimitExceeded)):
-                run.exception = exc
-                run.traceback = traceback.format_exc()
-                action, outcome = self.failure(run, delivery, run.traceback)
-                if isinstance(action, Republish):
-                    run.delay_s = action.delay_s
-                return Result(action, outcome, duration, task.name, exc)
+                return self.failed(run, delivery, exc, traceback.format_exc(), duration)
             # The soft limit landed after the function had returned, before on_end
             # withdrew it: the task is done.
             log.info("task.soft_time_limit_after_return", task=task.name)
@@ -259,5 +308,5 @@ def _check_not_awaitable(value: object) -> None:
         close = getattr(value, "close", None)
         if callable(close):
             close()  # no "never awaited" warning: we say so ourselves
-        raise TypeError("the task returned an awaitable; async tasks are not supported yet "
-                        "(the work it stands for never ran)")
+        raise TypeError("the task's plain function returned an awaitable, which nothing "
+                        "awaits (the work it stands for never ran): declare it async def")

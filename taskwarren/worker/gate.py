@@ -42,6 +42,15 @@ class Gate:
             self._active += 1
             return True
 
+    def try_admit(self, alone: bool) -> bool:
+        """Admit a task if it may start now, without waiting (the event loop cannot)."""
+        with self._cond:
+            if self._alone or (alone and self._active):
+                return False
+            self._alone = alone
+            self._active += 1
+            return True
+
     def release(self, alone: bool) -> None:
         """A task admitted with ``alone`` has ended."""
         with self._cond:

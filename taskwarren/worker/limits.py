@@ -13,6 +13,7 @@ import ctypes
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,12 @@ from taskwarren.task import Task
 
 @dataclass(slots=True)
 class Running:
-    """What one executor thread is running."""
+    """What one executor thread (or one slot of the event loop) is running.
+
+    An async task's run has ``cancel``: its event loop enforces the soft limit itself,
+    and past the hard one the I/O thread cancels it (instead of replacing the process)
+    unless it is still running at ``abandon_by``.
+    """
 
     delivery: Delivery
     thread_ident: int
@@ -33,13 +39,15 @@ class Running:
     soft_sent: bool = False
     claimed: bool = False  # settled by the I/O thread after the hard limit
     in_task: bool = False  # inside the task function: a soft time limit may be sent
+    cancel: Callable[[], None] | None = None  # an async task's: cancel it, from any thread
+    abandon_by: float = math.inf  # cancelled past its hard limit: gone by then, or replace
 
     def arm(self, task: Task[Any, Any]) -> None:
         """The task function is about to run: its limits count from now."""
         now = time.monotonic()
         self.task = task
         opts = task.task_options
-        if opts.soft_time_limit_s is not None:
+        if opts.soft_time_limit_s is not None and self.cancel is None:
             self.soft_deadline = now + opts.soft_time_limit_s
         if opts.time_limit_s is not None:
             self.hard_deadline = now + opts.time_limit_s
@@ -68,7 +76,7 @@ class Running:
             nearest = self.soft_deadline
         if not self.claimed:
             nearest = min(nearest, self.hard_deadline)
-        return nearest
+        return min(nearest, self.abandon_by)
 
     def send_soft_limit(self, lock: threading.Lock, now: float) -> None:
         """Raise ``SoftTimeLimitExceeded`` in the task if its soft limit has passed."""

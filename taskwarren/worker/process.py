@@ -9,11 +9,9 @@ flowing during long tasks, enforces time limits and adapts the prefetch.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import queue
 import signal
-import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -22,22 +20,20 @@ from types import FrameType
 import structlog
 
 from taskwarren.app import Warren
-from taskwarren.brokers.base import REQUEUE, Consumer, Delivery, Republish
-from taskwarren.brokers.capabilities import Announcer, BroadcastConsumer, EventConsumer, require
-from taskwarren.errors import (
-    NotSupportedError,
-    TaskwarrenError,
-    TimeLimitExceeded,
-)
+from taskwarren.brokers.base import REQUEUE, Consumer, Delivery
+from taskwarren.brokers.capabilities import BroadcastConsumer, EventConsumer, require
+from taskwarren.errors import NotSupportedError
 from taskwarren.message import MAX_ECHO_CHARS, clip
 from taskwarren.middleware import TaskRun
 from taskwarren.middleware.jobs import take_cancel_request
 from taskwarren.middleware.poison import poison_action
 from taskwarren.middleware.time_limit import consumer_timeout_s, warn_about_long_tasks
+from taskwarren.worker.aio import ABANDON_GRACE_S, AsyncRunner, room, wants_loop
 from taskwarren.worker.execute import Executor, describe, with_records
 from taskwarren.worker.gate import Gate
 from taskwarren.worker.limits import Running
 from taskwarren.worker.prefetch import QueueState
+from taskwarren.worker.presence import Presence
 from taskwarren.worker.shared import Heartbeats, KillRecord, RunningSlots
 
 __all__ = ["EXIT_CRASHED", "EXIT_REPLACE", "STOP_SIGNALS", "WorkerChild", "consumer_timeout_s",
@@ -55,8 +51,6 @@ EXIT_REPLACE = 3
 EXIT_CRASHED = 70
 #: Longest the I/O thread sleeps without looking at heartbeats and time limits.
 POLL_MAX_S = 1.0
-#: Seconds between two presence announcements of a child.
-ANNOUNCE_INTERVAL_S = 1.0
 
 
 class WorkerChild:
@@ -72,6 +66,8 @@ class WorkerChild:
         kills: shared record of messages that killed processes.
         grace_s: how long running tasks may finish after a stop signal.
         heartbeats: where the I/O loop records that it is alive, for health checks.
+        async_concurrency: async tasks run at once on the child's event loop (its
+            running slots follow the threads'); 0, or no async task: no loop.
     """
 
     def __init__(
@@ -85,6 +81,7 @@ class WorkerChild:
         kills: KillRecord,
         grace_s: float,
         heartbeats: Heartbeats | None = None,
+        async_concurrency: int = 0,
     ) -> None:
         self.app = app
         self.middleware = app.middleware
@@ -99,17 +96,21 @@ class WorkerChild:
         self.grace_s = grace_s
         self.executor = Executor(app.tasks, app.settings.max_message_bytes, app.middleware)
         self._inbox: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
-        self._running: dict[int, Running] = {}
-        self._lock = threading.Lock()
+        self.running: dict[int, Running] = {}
+        self.lock = threading.Lock()
         self._stopping = False
         self._replace = False
         self._broken = False  # an executor thread died: this child cannot run tasks
-        self._gate = Gate(self._leaving)
-        self._queues = {q: QueueState(prefetch or threads) for q in self.queues}
+        self.gate = Gate(self.leaving)
+        self.aio = AsyncRunner(self, async_concurrency, threads) if (async_concurrency > 0 and any(
+            t.is_async for t in app.tasks.values())) else None
+        # Tasks a queue's deliveries may run at once: its prefetch's floor.
+        self._room = room(app.tasks.values(), self.queues, threads,
+                          async_concurrency if self.aio else 0)
+        self._queues = {q: QueueState(prefetch or self._room[q]) for q in self.queues}
         self._consumer: Consumer | None = None
-        self._next_announce = 0.0
-        self._announce_failing = False
-        self._started_at = time.time()
+        self.presence = Presence(index, queues, threads, lambda: len(self.running),
+                                 async_concurrency if self.aio else 0)
         self._workers: list[threading.Thread] = []
 
     # -- signals ----------------------------------------------------------------------
@@ -141,6 +142,8 @@ class WorkerChild:
                                       daemon=True)
             worker.start()
             self._workers.append(worker)
+        if self.aio is not None:
+            self.aio.start(consumer)
         log.info("worker.child_started", child=self.index, pid=os.getpid(), queues=self.queues)
         reconnects = 0
         polled: list[Delivery] = []
@@ -155,8 +158,7 @@ class WorkerChild:
             timeout_s = self._timeout()
             # Handed over just before this thread blocks in poll: the executor it wakes
             # finds the GIL free instead of waiting for it a second time.
-            for delivery in polled:
-                self._inbox.put(delivery)
+            self._hand_over(polled)
             # Cancel requests (broadcasts: never from a task queue) are taken here, in the
             # I/O thread, never behind a busy task.
             polled = [d for d in consumer.poll(timeout_s)
@@ -165,7 +167,7 @@ class WorkerChild:
                 self.middleware.admit(polled)
             if self.heartbeats is not None and not self._broken:
                 self.heartbeats.beat(self.index, time.monotonic())
-            self._announce(consumer)
+            self.presence.announce(consumer)
             lost = getattr(consumer, "reconnects", 0)
             if lost != reconnects:
                 reconnects = lost
@@ -173,12 +175,23 @@ class WorkerChild:
             self._enforce_limits()
             if self.pinned_prefetch is None:
                 self._adapt_prefetch()
-        for delivery in polled:
-            self._inbox.put(delivery)  # the stopping executors hand them back
+        self._hand_over(polled)  # the stopping executors hand them back
         return self._shutdown(consumer)
 
+    def _hand_over(self, deliveries: list[Delivery]) -> None:
+        """Give each delivery to the executor threads, or an async task's to the loop."""
+        loop: list[Delivery | None] = []
+        for delivery in deliveries:
+            if self.aio is not None and wants_loop(self.executor, delivery):
+                loop.append(delivery)
+            else:
+                self._inbox.put(delivery)
+        if self.aio is not None:
+            self.aio.submit(loop)
+
     def _executors_lost(self) -> bool:
-        return self._broken or not all(w.is_alive() for w in self._workers)
+        return self._broken or not all(w.is_alive() for w in self._workers) or (
+            self.aio is not None and not self.aio.is_alive())
 
     def _listen(self, consumer: Consumer) -> None:
         """Bind this child's event subscriptions and listen for broadcasts.
@@ -197,57 +210,41 @@ class WorkerChild:
                 log.warning("worker.events_unsupported", error=str(exc),
                             broker=self.app.broker_location)
 
-    def _announce(self, consumer: Consumer) -> None:
-        """Say, about once a second, that this child is alive (``taskwarren workers``)."""
-        now = time.monotonic()
-        if now < self._next_announce:
-            return
-        self._next_announce = now + ANNOUNCE_INTERVAL_S
-        info = {
-            "host": socket.gethostname(), "pool_pid": os.getppid(), "pid": os.getpid(),
-            "child": self.index, "queues": self.queues, "in_flight": len(self._running),
-            "started_at": self._started_at, "threads": self.threads,
-        }
-        try:
-            require(consumer, Announcer, "presence").announce(info)
-        except NotSupportedError as exc:
-            log.info("worker.presence_unsupported", error=clip(str(exc), MAX_ECHO_CHARS))
-            self._next_announce = math.inf  # this broker never will: stop asking
-        except TaskwarrenError as exc:
-            # Transient (a lost link, a blocked broker): try again next interval, and say
-            # so once per outage rather than once a second.
-            if not self._announce_failing:
-                log.warning("worker.presence_failed", error=clip(str(exc), MAX_ECHO_CHARS),
-                            error_type=type(exc).__name__)
-            self._announce_failing = True
-        else:
-            self._announce_failing = False
-
     def _timeout(self) -> float:
         now = time.monotonic()
         nearest = min([now + POLL_MAX_S, *(run.next_deadline()
-                                            for run in list(self._running.values()))])
+                                            for run in list(self.running.values()))])
         return max(0.0, nearest - now)
 
     def _shutdown(self, consumer: Consumer) -> int:
         consumer.cancel()
         for _ in self._workers:
             self._inbox.put(None)
+        if self.aio is not None:
+            self.aio.stop()
         deadline = time.monotonic() + self.grace_s
         while time.monotonic() < deadline:
             for delivery in consumer.poll(0.05):
                 consumer.settle(delivery, REQUEUE)
             alive = [w for w in self._workers if w.is_alive() and self._owns_unclaimed(w)]
-            if not alive and not consumer.pending():
+            if not alive and not self._async_running() and not consumer.pending():
                 break
         consumer.close()
         log.info("worker.child_stopped", child=self.index, pid=os.getpid(),
                  replaced=self._replace)
         return EXIT_REPLACE if self._replace else 0
 
+    def _async_running(self) -> bool:
+        """Whether a slot of the loop still has work that is not past its hard limit."""
+        if self.aio is None or not self.aio.is_alive():
+            return False
+        with self.lock:
+            claimed = sum(1 for key, run in self.running.items() if key < 0 and run.claimed)
+        return self.aio.serving > claimed
+
     def _owns_unclaimed(self, worker: threading.Thread) -> bool:
-        with self._lock:
-            run = self._running.get(worker.ident or -1)
+        with self.lock:
+            run = self.running.get(worker.ident or -1)
             return run is None or not run.claimed
 
     # -- executor threads -----------------------------------------------------------------
@@ -298,50 +295,57 @@ class WorkerChild:
         settled = False
         alone: bool | None = None  # once admitted: whether it runs alone
         try:
-            if delivery.redelivered and self._is_poison(delivery):
+            if delivery.redelivered and self.is_poison(delivery):
                 settled = True  # dead-lettered
                 return True
-            wants_alone = (self.threads > 1 and delivery.redelivered
+            # Alone: no other thread, nor any task of the loop, runs beside it.
+            wants_alone = (self.threads + (self.aio.size if self.aio else 0) > 1
+                           and delivery.redelivered
                            and self.kills.suspected(delivery.envelope.message_id))
-            if not self._gate.admit(wants_alone):
+            if not self.gate.admit(wants_alone):
                 settled = True  # stopping: hand it back unstarted
                 consumer.settle(delivery, REQUEUE)
                 consumer.wakeup()
                 return True
             alone = wants_alone
             run = Running(delivery, threading.get_ident())
-            with self._lock:
-                self._running[run.thread_ident] = run
+            with self.lock:
+                self.running[run.thread_ident] = run
             self.slots.set(self.index, thread_index, delivery.envelope.message_id)
             result = self.executor.run(delivery, run.arm,
-                                       functools.partial(run.disarm, self._lock))
+                                       functools.partial(run.disarm, self.lock))
             self.slots.clear(self.index, thread_index)
-            with self._lock:
-                del self._running[run.thread_ident]
+            with self.lock:
+                del self.running[run.thread_ident]
                 if run.claimed:
                     settled = True
                     return False
-            state = self._queues.get(delivery.queue)
-            if state is not None:
-                state.observe(result.duration_s)
+            self.observe(delivery.queue, result.duration_s)
             settled = True
             consumer.settle(delivery, result.action)
             return True
         finally:
             if alone is not None:
-                self._gate.release(alone)
+                self.gate.release(alone)
             if not settled:
-                with self._lock:
-                    run_now = self._running.pop(threading.get_ident(), None)
+                with self.lock:
+                    run_now = self.running.pop(threading.get_ident(), None)
                 if run_now is None or not run_now.claimed:
                     self.slots.clear(self.index, thread_index)
                     consumer.settle(delivery, REQUEUE)
                     consumer.wakeup()
 
-    def _leaving(self) -> bool:
+    def observe(self, queue: str, duration_s: float) -> None:
+        """Fold a task's duration into its queue's adaptive prefetch."""
+        state = self._queues.get(queue)
+        if state is not None:
+            state.observe(duration_s)
+
+    def leaving(self) -> bool:
+        """Whether the child is stopping, or being replaced."""
         return self._stopping or self._replace or self._broken
 
-    def _is_poison(self, delivery: Delivery) -> bool:
+    def is_poison(self, delivery: Delivery) -> bool:
         """Dead-letter a message that has killed too many processes; True if it was."""
         action = poison_action(delivery, self.kills.kills(delivery.envelope.message_id),
                                self.app.settings.poison_kills)
@@ -363,35 +367,31 @@ class WorkerChild:
 
     def _enforce_limits(self) -> None:
         now = time.monotonic()
-        with self._lock:
-            runs = list(self._running.values())
+        with self.lock:
+            runs = list(self.running.values())
         for run in runs:
-            run.send_soft_limit(self._lock, now)
+            if now >= run.abandon_by and not self._replace:  # it swallowed the cancel,
+                log.error("task.cancel_ignored", waited_s=ABANDON_GRACE_S)  # or blocks the loop
+                self._replace = True
+            run.send_soft_limit(self.lock, now)
             if now >= run.hard_deadline and run.task is not None:
-                with self._lock:
-                    if run.claimed or run.thread_ident not in self._running:
+                with self.lock:
+                    if run.claimed or run.thread_ident not in self.running:
                         continue
                     run.claimed = True
-                limit = run.task.task_options.time_limit_s
-                exc = TimeLimitExceeded(f"task ran past its hard time limit of {limit}s")
-                envelope = run.delivery.envelope
-                failed = TaskRun(run.task.name, clip(envelope.message_id, MAX_ECHO_CHARS),
-                                 envelope.attempt, run.delivery.queue, task=run.task,
-                                 exception=exc, envelope=envelope, settled_early=True)
-                action, outcome = self.executor.failure(failed, run.delivery, "")
-                log.error("task.time_limit_exceeded", task=run.task.name, outcome=outcome,
-                          task_id=clip(envelope.message_id, MAX_ECHO_CHARS), limit_s=limit)
-                failed.outcome = outcome
-                failed.delay_s = action.delay_s if isinstance(action, Republish) else 0.0
-                self.executor.middleware.after_process(failed)  # before it is settled
                 assert self._consumer is not None
-                self._consumer.settle(run.delivery, with_records(action, failed))
-                self._replace = True  # a thread cannot be killed: replace the process
+                self._consumer.settle(run.delivery,
+                                      self.executor.past_hard_limit(run.task, run.delivery))
+                if run.cancel is None:
+                    self._replace = True  # a thread cannot be killed: replace the process
+                else:
+                    run.abandon_by = now + ABANDON_GRACE_S
+                    run.cancel()
 
     def _adapt_prefetch(self) -> None:
         assert self._consumer is not None
         for name, state in self._queues.items():
-            wanted = state.wanted(self.threads)
+            wanted = state.wanted(self._room[name])
             if wanted is not None:
                 log.debug("worker.prefetch_changed", queue=name, prefetch=wanted,
                           avg_task_s=state.avg_s)

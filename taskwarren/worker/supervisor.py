@@ -19,6 +19,7 @@ import structlog
 
 from taskwarren.app import Warren
 from taskwarren.message import clip
+from taskwarren.worker.aio import DEFAULT_ASYNC_CONCURRENCY
 from taskwarren.worker.execute import describe
 from taskwarren.worker.monitor import Monitor, pool_health
 from taskwarren.worker.process import (
@@ -56,6 +57,7 @@ class Supervisor:
         sidecars: functions each run in a process of their own beside the children (the
             outbox relay), restarted when they die; each returns when the event it is
             given is set (on a stop signal).
+        async_concurrency: ``async def`` tasks each child runs at once on its event loop.
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class Supervisor:
         grace_s: float | None = None,
         metrics_port: int | None = None,
         sidecars: Sequence[Callable[[threading.Event], None]] = (),
+        async_concurrency: int = DEFAULT_ASYNC_CONCURRENCY,
     ) -> None:
         self.app = app
         self.queues = list(queues)
@@ -79,7 +82,10 @@ class Supervisor:
         self.metrics_port = metrics_port
         self.monitor: Monitor | None = None
         self.heartbeats = Heartbeats(concurrency)
-        self.slots = RunningSlots(concurrency, threads)
+        has_async = any(t.is_async for t in app.tasks.values())
+        self.async_concurrency = async_concurrency if has_async else 0
+        # A running slot per thread and per async task of each child.
+        self.slots = RunningSlots(concurrency, threads + self.async_concurrency)
         self.kills = KillRecord()
         self.restarts = 0
         # Sidecars are children with negative indices: no slots, heartbeats or charges.
@@ -103,7 +109,8 @@ class Supervisor:
             signal.signal(signum, self._on_signal)
         warn_about_long_tasks(self.app)
         log.info("worker.pool_started", pid=os.getpid(), concurrency=self.concurrency,
-                 threads=self.threads, queues=self.queues, broker=self.app.broker_location)
+                 threads=self.threads, async_concurrency=self.async_concurrency,
+                 queues=self.queues, broker=self.app.broker_location)
         if self.metrics_port is not None:
             self.monitor = Monitor(self.metrics_port, self._health)
             self.monitor.start()
@@ -147,7 +154,8 @@ class Supervisor:
             _sidecar_main(self.sidecars[index])
         self.middleware.child_started(index)
         child = WorkerChild(self.app, self.queues, index, self.threads, self.prefetch,
-                            self.slots, self.kills, self.grace_s, heartbeats=self.heartbeats)
+                            self.slots, self.kills, self.grace_s, heartbeats=self.heartbeats,
+                            async_concurrency=self.async_concurrency)
         code = EXIT_CRASHED
         try:
             code = child.run()

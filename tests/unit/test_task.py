@@ -181,21 +181,20 @@ def test_a_time_limit_beyond_the_broker_consumer_timeout_asks_for_a_longer_one()
     assert consumer_timeout_s(app) == 7260.0
 
 
-def test_async_tasks_are_refused_at_registration_with_a_clear_error(app: Warren) -> None:
-    import functools
-
+def test_async_functions_register_as_async_tasks_and_async_generators_are_refused(
+    app: Warren,
+) -> None:
     async def fetch(n: int) -> int:
         return n
 
     async def pages(n: int) -> AsyncIterator[int]:
         yield n
 
-    class Fetcher:
-        async def __call__(self, n: int) -> int:
-            return n
+    def plain(n: int) -> int:
+        return n
 
-    for fn in (fetch, pages, Fetcher(), functools.partial(fetch)):
-        with pytest.raises(ConfigurationError, match="async") as err:
-            app.task(name="fetch")(fn)
-        assert "not supported" in str(err.value)
-    assert app.tasks == {}
+    assert app.task(name="fetch")(fetch).is_async
+    assert not app.task(name="plain")(plain).is_async
+    with pytest.raises(ConfigurationError, match="async generator"):
+        app.task(name="pages")(pages)
+    assert "pages" not in app.tasks

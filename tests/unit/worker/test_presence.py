@@ -11,8 +11,9 @@ import structlog
 
 from taskwarren import Warren
 from taskwarren.errors import BrokerConnectionError, NotSupportedError
-from taskwarren.worker import process
-from taskwarren.worker.process import ANNOUNCE_INTERVAL_S, WorkerChild
+from taskwarren.worker import presence
+from taskwarren.worker.presence import ANNOUNCE_INTERVAL_S
+from taskwarren.worker.process import WorkerChild
 from taskwarren.worker.shared import KillRecord, RunningSlots
 
 
@@ -32,7 +33,7 @@ class Clock:
 def child_and_consumer(monkeypatch: pytest.MonkeyPatch, fail: list[Exception]) -> Any:
     app = Warren(url="memory://")
     clock = Clock()
-    monkeypatch.setattr(process, "time", types.SimpleNamespace(
+    monkeypatch.setattr(presence, "time", types.SimpleNamespace(
         monotonic=clock.monotonic, time=clock.time))
     child = WorkerChild(app, ["q"], 0, 1, None, RunningSlots(1, 1), KillRecord(), grace_s=1.0)
     consumer = app.broker.consumer()
@@ -53,12 +54,12 @@ def test_a_transient_broker_error_does_not_stop_a_child_announcing_itself(
     app, child, consumer, clock = child_and_consumer(
         monkeypatch, [BrokerConnectionError("link lost " + "x" * 100_000)])
     with structlog.testing.capture_logs() as logs:
-        child._announce(consumer)
+        child.presence.announce(consumer)
     assert app.broker.presence(0) == []
     (failed,) = [e for e in logs if e["log_level"] != "debug"]
     assert len(str(failed)) < 1000  # the error's text is bounded in the log
     clock.now += ANNOUNCE_INTERVAL_S
-    child._announce(consumer)
+    child.presence.announce(consumer)
     assert [p["pid"] for p in app.broker.presence(0)] == [os.getpid()]
     consumer.close()
 
@@ -66,8 +67,8 @@ def test_a_transient_broker_error_does_not_stop_a_child_announcing_itself(
 def test_a_broker_without_presence_is_not_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
     app, child, consumer, clock = child_and_consumer(
         monkeypatch, [NotSupportedError("no presence here")])
-    child._announce(consumer)
+    child.presence.announce(consumer)
     clock.now += 10 * ANNOUNCE_INTERVAL_S
-    child._announce(consumer)
+    child.presence.announce(consumer)
     assert app.broker.presence(0) == []
     consumer.close()
