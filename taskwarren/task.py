@@ -174,9 +174,10 @@ class Task(Generic[P, R]):
             eta: an aware datetime before which the task does not run.
             task_id: the id to give the message (default: a new UUID4).
             db: send through the outbox, in this connection's open transaction: a DB-API
-                connection of sqlite3, psycopg 3, PyMySQL or mysqlclient, or a SQLAlchemy
-                ``Connection`` or ``Session``. The task runs (at least once) if that
-                transaction commits, never if it rolls back. A relay publishes it.
+                connection of sqlite3, psycopg 3, PyMySQL or mysqlclient, a SQLAlchemy
+                ``Connection`` or ``Session``, or Django's (in ``transaction.atomic()``).
+                The task runs (at least once) if that transaction commits, never if it
+                rolls back. A relay publishes it.
             unique_key: while a job sent with this key is queued, scheduled, running or
                 retrying, a send with the same key enqueues nothing and returns that
                 job's id. The job store enforces it (a unique index, written in the
