@@ -20,7 +20,7 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from taskwarren.errors import ArgumentsError, ConfigurationError, DecodeError
-from taskwarren.message import MAX_TASK_ID_BYTES, Envelope, check_envelope, encode
+from taskwarren.message import MAX_TASK_ID_BYTES, Envelope, encode
 from taskwarren.options import (
     DEFAULT_QUEUE,
     TaskOptionArgs,
@@ -207,7 +207,7 @@ class Task(Generic[P, R]):
         """Run the function here with what a worker would receive from ``.send()``.
 
         The call is validated and serialised as ``.send()`` does, put in an envelope
-        and size-checked, then checked and decoded from its JSON as a worker does: the
+        and size-checked, then its body is decoded from JSON as a worker decodes it: the
         function gets the arguments a worker would pass it (models rebuilt, tuples
         become lists where annotated so, ...). Returns what the function returns. No
         broker, middleware, time limit or retry: an exception propagates.
@@ -218,7 +218,6 @@ class Task(Generic[P, R]):
         """
         envelope = encode(self.name, self.queue, self.encode_call(args, kwargs))
         self.app.check_size(envelope.body)
-        check_envelope(envelope, len(envelope.body))
         return self.fn(**self.decode_call(envelope.body))  # type: ignore[call-arg]
 
     def send(self, *args: P.args, **kwargs: P.kwargs) -> str:
