@@ -82,7 +82,7 @@ def check_db(db: object) -> Kind:
             return kind
     raise TypeError(
         "db= takes a database connection of sqlite3, psycopg (3), PyMySQL or mysqlclient, "
-        "a SQLAlchemy Connection or Session, or Django's (not async); got {type(db).__qualname__} "
+        f"a SQLAlchemy Connection or Session, or Django's (not async); got {type(db).__qualname__} "
         f"from {type(db).__module__}")
 
 
