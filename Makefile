@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml workers/pyproject.toml
 install: $(VENV)/.installed
 
 lint: install
-	$(PY) -m ruff check taskwarren workers tests benchmarks
+	$(PY) -m ruff check taskwarren workers tests benchmarks examples
 
 typecheck: install
 	$(PY) -m mypy --strict taskwarren

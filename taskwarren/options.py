@@ -6,6 +6,7 @@ that it owns it: see :class:`~taskwarren.middleware.base.Middleware`).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -14,6 +15,7 @@ from typing import Any, Literal, TypedDict
 from taskwarren.cron import Cron
 from taskwarren.errors import ConfigurationError
 from taskwarren.retries import Backoff
+from taskwarren.store.jobs import storable
 from taskwarren.topology import check_pattern, check_queue_name
 
 #: Queue used when a task names none.
@@ -195,3 +197,36 @@ def _check_schedule(opts: TaskOptions) -> None:
         if not isinstance(opts.cron, str):
             raise ConfigurationError(f"cron= takes a string, not {type(opts.cron).__name__}")
         Cron(opts.cron, opts.tz)  # a bad expression or zone fails here
+
+
+def check_subscriber(name: str, signature: inspect.Signature) -> None:
+    """Refuse a subscriber whose first argument cannot take the event."""
+    params = list(signature.parameters.values())
+    if not params or any(p.default is inspect.Parameter.empty for p in params[1:]):
+        raise ConfigurationError(
+            f"task {name!r} subscribes to events: its first argument receives the event "
+            "(annotate it with the event's pydantic model); any others need defaults"
+        )
+
+
+#: The parameter of a scheduled task that receives its tick's nominal time.
+SCHEDULED_AT = "scheduled_at"
+#: The longest scheduled task name: its job's ``unique_key`` is 20 characters more, of 255.
+MAX_SCHEDULE_NAME = 235
+
+
+def check_scheduled(name: str, signature: inspect.Signature) -> None:
+    """Refuse a scheduled task with a name too long, or arguments a tick cannot give."""
+    if len(name) > MAX_SCHEDULE_NAME or storable(name) != name:
+        raise ConfigurationError(
+            f"task {name[:60]!r}...: a scheduled task's name is at most {MAX_SCHEDULE_NAME} "
+            "characters of text (no NUL); give it a shorter name=")
+    needed = [p.name for p in signature.parameters.values()
+              if p.name != SCHEDULED_AT and p.default is inspect.Parameter.empty
+              and p.kind not in (inspect.Parameter.VAR_POSITIONAL,
+                                 inspect.Parameter.VAR_KEYWORD)]
+    if needed:
+        raise ConfigurationError(
+            f"task {name!r} runs on a schedule, which passes no arguments but "
+            f"{SCHEDULED_AT!r} (the tick's time): give {', '.join(map(repr, needed))} a "
+            "default")

@@ -29,10 +29,11 @@ from taskwarren.app import Warren
 from taskwarren.cron import Cron, Every, rule_text
 from taskwarren.errors import ConfigurationError, StoreError
 from taskwarren.message import Envelope, encode
+from taskwarren.options import SCHEDULED_AT
 from taskwarren.store import open_store
 from taskwarren.store.jobs import utc
 from taskwarren.store.schedules import Pass, ScheduleRow, ScheduleSpec, ScheduleTable
-from taskwarren.task import SCHEDULED_AT, Task
+from taskwarren.task import Task
 from taskwarren.text import printable
 from taskwarren.urls import mask_url, scheme_of
 

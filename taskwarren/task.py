@@ -21,7 +21,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from taskwarren.errors import ArgumentsError, ConfigurationError, DecodeError
 from taskwarren.message import MAX_TASK_ID_BYTES, Envelope, encode
-from taskwarren.options import DEFAULT_QUEUE, TaskOptionArgs, TaskOptions, task_options
+from taskwarren.options import (
+    DEFAULT_QUEUE,
+    TaskOptionArgs,
+    TaskOptions,
+    check_scheduled,
+    check_subscriber,
+    task_options,
+)
 from taskwarren.store.jobs import storable
 from taskwarren.topology import check_queue_name
 
@@ -42,6 +49,9 @@ class Sender(Protocol):
 
     def broadcast(self, envelope: Envelope) -> None:
         """Check, publish and confirm one broadcast call to every live worker process."""
+
+    def check_size(self, body: bytes) -> None:
+        """Refuse a body larger than the app lets a message be (``PublishError``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +139,9 @@ class Task(Generic[P, R]):
         self._signature = inspect.signature(fn)
         self._fields = tuple(self._signature.parameters)
         if options.subscribe:
-            _check_subscriber(name, self._signature)
+            check_subscriber(name, self._signature)
         if options.scheduled:
-            _check_scheduled(name, self._signature)
+            check_scheduled(name, self._signature)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -165,9 +175,10 @@ class Task(Generic[P, R]):
             eta: an aware datetime before which the task does not run.
             task_id: the id to give the message (default: a new UUID4).
             db: send through the outbox, in this connection's open transaction: a DB-API
-                connection of sqlite3, psycopg 3, PyMySQL or mysqlclient, or a SQLAlchemy
-                ``Connection`` or ``Session``. The task runs (at least once) if that
-                transaction commits, never if it rolls back. A relay publishes it.
+                connection of sqlite3, psycopg 3, PyMySQL or mysqlclient, a SQLAlchemy
+                ``Connection`` or ``Session``, or Django's (in ``transaction.atomic()``).
+                The task runs (at least once) if that transaction commits, never if it
+                rolls back. A relay publishes it.
             unique_key: while a job sent with this key is queued, scheduled, running or
                 retrying, a send with the same key enqueues nothing and returns that
                 job's id. The job store enforces it (a unique index, written in the
@@ -192,6 +203,24 @@ class Task(Generic[P, R]):
             raise ConfigurationError("unique_key must be 1 to 255 characters")
         return BoundTask(self, SendOptions(queue, _delay_from(delay, eta), task_id, db,
                                            unique_key))
+
+    def run_now(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function here with what a worker would receive from ``.send()``.
+
+        The call is validated and serialised as ``.send()`` does, put in an envelope
+        and size-checked, then its body is decoded from JSON as a worker decodes it: the
+        function gets the arguments a worker would pass it (models rebuilt, tuples
+        become lists where annotated so, ...). Returns what the function returns. No
+        broker, middleware, time limit or retry: an exception propagates. For an
+        ``async def`` task it returns the coroutine: ``await task.run_now(...)``.
+
+        Raises:
+            ArgumentsError: the arguments do not fit the signature (as ``.send()``).
+            PublishError: the body is larger than ``max_message_bytes`` (as ``.send()``).
+        """
+        envelope = encode(self.name, self.queue, self.encode_call(args, kwargs))
+        self.app.check_size(envelope.body)
+        return self.fn(**self.decode_call(envelope.body))  # type: ignore[call-arg]
 
     def send(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """Validate the call, publish it persistently and return its task id.
@@ -287,37 +316,6 @@ def _is_async(fn: Callable[..., Any], name: str) -> bool:
                                  "it (the message would be acked undone); use async def that "
                                  "returns")
     return any(inspect.iscoroutinefunction(c) for c in candidates)
-
-
-def _check_subscriber(name: str, signature: inspect.Signature) -> None:
-    params = list(signature.parameters.values())
-    if not params or any(p.default is inspect.Parameter.empty for p in params[1:]):
-        raise ConfigurationError(
-            f"task {name!r} subscribes to events: its first argument receives the event "
-            "(annotate it with the event's pydantic model); any others need defaults"
-        )
-
-
-#: The parameter of a scheduled task that receives its tick's nominal time.
-SCHEDULED_AT = "scheduled_at"
-#: The longest scheduled task name: its job's ``unique_key`` is 20 characters more, of 255.
-MAX_SCHEDULE_NAME = 235
-
-
-def _check_scheduled(name: str, signature: inspect.Signature) -> None:
-    if len(name) > MAX_SCHEDULE_NAME or storable(name) != name:
-        raise ConfigurationError(
-            f"task {name[:60]!r}...: a scheduled task's name is at most {MAX_SCHEDULE_NAME} "
-            "characters of text (no NUL); give it a shorter name=")
-    needed = [p.name for p in signature.parameters.values()
-              if p.name != SCHEDULED_AT and p.default is inspect.Parameter.empty
-              and p.kind not in (inspect.Parameter.VAR_POSITIONAL,
-                                 inspect.Parameter.VAR_KEYWORD)]
-    if needed:
-        raise ConfigurationError(
-            f"task {name!r} runs on a schedule, which passes no arguments but "
-            f"{SCHEDULED_AT!r} (the tick's time): give {', '.join(map(repr, needed))} a "
-            "default")
 
 
 def _fields_in(message: str, fields: tuple[str, ...]) -> list[str]:

@@ -2,24 +2,98 @@
 
 ::
 
-    app = Warren(url="memory://")
-    ...
-    my_task.send(1)
-    join(app)            # runs everything queued; re-raises the first task failure
+    with in_memory(app) as queues:   # the app's tasks now send to memory
+        my_task.send(1)
+        queues.run()                 # runs it as a worker would; re-raises its failure
+
+``join(app)`` does the same for an app built on ``memory://``, waiting for delayed
+work in real time. The pytest plugin (:mod:`taskwarren.pytest_plugin`) wraps
+:func:`in_memory` as the ``taskwarren_memory`` fixture.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
-from taskwarren.app import Warren
+from taskwarren.app import Warren, default_app
 from taskwarren.brokers.base import Republish, settlement
 from taskwarren.brokers.memory import MemoryBroker
 from taskwarren.errors import ConfigurationError
+from taskwarren.message import Envelope
 from taskwarren.worker.aio import run_async, wants_loop
 from taskwarren.worker.execute import Executor, Result
+
+#: Outcomes of a message that ended without succeeding (its failure is re-raised).
+FAILED = ("dead_lettered", "rejected")
+
+
+class InMemory:
+    """An app switched to an in-memory broker by :func:`in_memory`.
+
+    Attributes:
+        app: the app (its tasks send here while the switch lasts).
+        broker: the in-memory broker holding what they sent.
+    """
+
+    def __init__(self, app: Warren, broker: MemoryBroker) -> None:
+        self.app = app
+        self.broker = broker
+
+    def run(self, queues: Sequence[str] | None = None, *, raise_errors: bool = True,
+            max_messages: int = 10_000) -> list[Result]:
+        """Run what was sent, as a worker would, until nothing is left; the results.
+
+        Each message goes through the worker's executor and the app's middleware:
+        arguments decoded from JSON, retries republished, failures dead-lettered.
+        Delayed messages (``delay=``, a retry's backoff) run at once: the clock is
+        skipped, not waited for. Messages the tasks send meanwhile run too.
+
+        Args:
+            queues: queues to run (default: every queue of the app's tasks).
+            raise_errors: once all is run, re-raise the exception of the first message
+                that was dead-lettered or rejected (it is in :meth:`dead_letters`).
+            max_messages: give up (``RuntimeError``) after running this many, so that
+                a task that keeps sending itself cannot hang the test.
+        """
+        results = _drain(self.app, queues, skip_delays=True, max_messages=max_messages)
+        if raise_errors:
+            for result in results:
+                if result.outcome in FAILED and result.error is not None:
+                    raise result.error
+        return results
+
+    def dead_letters(self, queue: str) -> list[Envelope]:
+        """The messages dead-lettered from ``queue`` (with their ``tw-error`` headers)."""
+        return self.broker.dead_letters(queue)
+
+    def waiting(self, queue: str) -> int:
+        """How many messages wait in ``queue``, ready or delayed."""
+        stats = self.broker.stats(queue)
+        return stats.ready + (stats.delayed or 0)
+
+
+@contextmanager
+def in_memory(app: Warren | None = None) -> Iterator[InMemory]:
+    """Switch ``app`` (default: the default app) to a new in-memory broker, and back.
+
+    Its tasks, registered before or during the switch, send to memory; on exit the app
+    uses its own broker again (connected anew on next use if it was not yet), and what
+    was left in memory is dropped. Meant for tests, in one process.
+    """
+    app = default_app() if app is None else app
+    broker = MemoryBroker(delivery_limit=app.settings.delivery_limit)
+    # The app builds its broker lazily per process; the switch replaces the one it
+    # holds (and forgets the queues it declared) without touching the real one.
+    saved = (app._broker, app._broker_pid, app._declared)
+    app._broker, app._broker_pid, app._declared = broker, os.getpid(), set()
+    try:
+        yield InMemory(app, broker)
+    finally:
+        app._broker, app._broker_pid, app._declared = saved
 
 
 def join(
@@ -44,6 +118,13 @@ def join(
         ConfigurationError: the app is not on the in-memory broker.
         TimeoutError: work remained after ``timeout_s``.
     """
+    return _drain(app, queues, timeout_s=timeout_s, fail_on_error=fail_on_error,
+                  run_delayed=run_delayed)
+
+
+def _drain(app: Warren, queues: Sequence[str] | None, *, timeout_s: float = 10.0,
+           fail_on_error: bool = False, run_delayed: bool = True, skip_delays: bool = False,
+           max_messages: int | None = None) -> list[Result]:
     broker = app.broker
     if not isinstance(broker, MemoryBroker):
         raise ConfigurationError("join() runs on the in-memory broker (url='memory://')")
@@ -59,6 +140,8 @@ def join(
     try:
         while True:
             deliveries = consumer.poll(0.0)
+            if not deliveries and skip_delays and broker.release_delayed():
+                continue
             if not deliveries:
                 waiting = any(
                     (s.delayed or 0) > 0 for s in (broker.stats(q) for q in names))
@@ -68,6 +151,9 @@ def join(
                     raise TimeoutError(f"delayed work remains after {timeout_s}s")
                 deliveries = consumer.poll(min(1.0, max(0.0, deadline - time.monotonic())))
             for delivery in deliveries:
+                if max_messages is not None and len(results) >= max_messages:
+                    raise RuntimeError(f"still running after {max_messages} messages: does "
+                                       "a task keep sending itself?")
                 if wants_loop(executor, delivery):  # an async def task: awaited here
                     result = asyncio.run(run_async(executor, delivery))
                 else:

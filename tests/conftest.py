@@ -27,6 +27,11 @@ from tests.support.workers import Ledger
 
 os.environ.setdefault("TASKWARREN_URL", amqp_url())
 
+# The plugin users get through its entry point; named here too so that a run from a
+# checkout whose install predates the entry point has it. Registered under the entry
+# point's own name, it is loaded once either way.
+pytest_plugins = ["taskwarren.pytest_plugin"]
+
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Run each RabbitMQ test against every release (``@pytest.mark.rabbitmq(releases=

@@ -87,6 +87,18 @@ class MemoryBroker(Broker):
             self._queue(queue).ready.append((env, 0))
         return self._delayed[0][0] - now if self._delayed else None
 
+    def release_delayed(self) -> int:
+        """Make every delayed message (a retry's backoff, ``delay=``) ready now; how many.
+
+        Tests skip the clock with it: :meth:`taskwarren.testing.InMemory.run`.
+        """
+        with self._cond:
+            released, self._delayed = self._delayed, []
+            for _, _, queue, env in sorted(released):
+                self._queue(queue).ready.append((env, 0))
+            self._cond.notify_all()
+            return len(released)
+
     def consumer(self) -> MemoryConsumer:
         return MemoryConsumer(self)
 

@@ -4,9 +4,10 @@
 whatever transaction it has open, so they commit or roll back with the application's
 own data; nothing is published. A relay publishes them after the commit.
 
-``db`` may be a DB-API connection of sqlite3, psycopg 3, PyMySQL or mysqlclient, or a
-SQLAlchemy ``Connection`` or ``Session``. The kind is told from the object's type
-without importing any driver.
+``db`` may be a DB-API connection of sqlite3, psycopg 3, PyMySQL or mysqlclient, a
+SQLAlchemy ``Connection`` or ``Session``, or Django's ``django.db.connection`` (or one of
+``django.db.connections``) inside ``transaction.atomic()``. The kind is told from the
+object's type without importing any driver or framework.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from taskwarren.store.drivers import lost_race
 from taskwarren.store.jobs import storable
 from taskwarren.store.schema import JOBS, LIVE_STATES, OUTBOX, Dialect, insert_sql, is_missing_table
 
-Kind = Literal["sqlite", "postgresql", "mysql", "sqlalchemy"]
+Kind = Literal["sqlite", "postgresql", "mysql", "sqlalchemy", "django"]
 
 #: A delay longer than this waits in the outbox (``not_before``), not on the broker.
 OUTBOX_DELAY_THRESHOLD_S = 60.0
@@ -65,6 +66,7 @@ _KINDS: dict[tuple[str, str], Kind] = {
     ("pymysql", "Connection"): "mysql", ("MySQLdb", "Connection"): "mysql",
     ("sqlalchemy", "Session"): "sqlalchemy", ("sqlalchemy", "Connection"): "sqlalchemy",
     ("sqlalchemy", "scoped_session"): "sqlalchemy",
+    ("django", "ConnectionProxy"): "django", ("django", "BaseDatabaseWrapper"): "django",
 }
 
 
@@ -80,7 +82,7 @@ def check_db(db: object) -> Kind:
             return kind
     raise TypeError(
         "db= takes a database connection of sqlite3, psycopg (3), PyMySQL or mysqlclient, "
-        f"or a SQLAlchemy Connection or Session (not async); got {type(db).__qualname__} "
+        f"a SQLAlchemy Connection or Session, or Django's (not async); got {type(db).__qualname__} "
         f"from {type(db).__module__}")
 
 
@@ -118,10 +120,30 @@ def writer_for(db: object) -> Writer:
     kind = check_db(db)
     if kind == "sqlalchemy":
         return _sqlalchemy_writer(db)
+    if kind == "django":
+        return writer_for(django_driver_connection(db))
     check_in_transaction(db, kind)
     if kind == "sqlite":
         return _dbapi_writer(db, "sqlite", "?")
     return _dbapi_writer(db, "postgresql" if kind == "postgresql" else "mysql", "%s")
+
+
+def django_driver_connection(db: Any) -> object:
+    """The driver's own connection under a Django connection, which must be in an atomic
+    block: the rows then commit or roll back with it (savepoints included). The driver's
+    connection is used as is: Django's cursor wrapper would log the rows' bodies with the
+    queries when ``DEBUG`` is on.
+
+    Raises:
+        TypeError: outside ``transaction.atomic()`` (Django commits each statement).
+    """
+    if not db.in_atomic_block:
+        raise TypeError("db= got a Django connection outside transaction.atomic(): Django "
+                        "commits each statement by itself, so the task would be committed "
+                        "before (or without) your data. Send inside `with "
+                        "transaction.atomic():`")
+    db.ensure_connection()
+    return db.connection
 
 
 def _dbapi_writer(db: Any, dialect: Dialect, placeholder: str) -> Writer:

@@ -19,7 +19,7 @@ LAYERS = {
     "schedules": 5, "pools": 5, "otel": 5,
     "cli": 6, "web": 6, "cli_topology": 6, "cli_store": 6, "cli_loading": 6, "cli_jobs": 6,
     "cli_schedules": 6, "cli_web": 6,
-    "__init__": 6, "__main__": 7,
+    "__init__": 6, "__main__": 7, "pytest_plugin": 6, "contrib": 7,
 }
 
 

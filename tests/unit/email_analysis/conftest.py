@@ -6,7 +6,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from workers.email_analysis import store
+from taskwarren.app import Warren
+from workers.email_analysis import store, tasks
+
+
+@pytest.fixture
+def taskwarren_app() -> Warren:
+    """The app the pipeline's tasks are registered with: the one ``taskwarren_memory``
+    (taskwarren's pytest plugin) switches to the in-memory broker."""
+    return tasks.ingest.app  # type: ignore[return-value]
 
 
 @pytest.fixture(autouse=True)

@@ -9,31 +9,23 @@ import pytest
 
 pytest.importorskip("taskwarren")
 
-from taskwarren import Warren
-from taskwarren.testing import join
+from taskwarren.testing import InMemory
 from workers.email_analysis import tasks
 from workers.email_analysis.analysis import analyse
 from workers.email_analysis.generate import generate_maildir
 
 
 def test_every_message_scoring_high_is_published_once_and_recorded_by_its_subscriber(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, taskwarren_memory: InMemory
 ) -> None:
     monkeypatch.setenv("EMAIL_ANALYSIS_DB", str(tmp_path / "results.db"))
     monkeypatch.setenv("EMAIL_FLAGGED_LOG", str(tmp_path / "flagged.jsonl"))
     monkeypatch.setenv("EMAIL_ANALYSIS_MAILDIR", str(tmp_path / "maildir"))
-    app = Warren("memory://")
-    ingest = app.task(name=tasks.ingest.name, queue=tasks.INGEST_QUEUE)(tasks.ingest.fn)
-    store_result = app.task(name=tasks.store_result.name, queue=tasks.STORE_QUEUE)(
-        tasks.store_result.fn)
-    app.task(name=tasks.record_flagged.name, queue=tasks.FLAGGED_QUEUE,
-             subscribe=[tasks.FLAGGED_EVENT])(tasks.record_flagged.fn)
-    monkeypatch.setattr(tasks, "store_result", store_result)  # ingest sends through this app
-    app.bind_subscriptions()  # as the worker of email.flagged does when it starts
+    taskwarren_memory.app.bind_subscriptions()  # as the worker of email.flagged does
     written = generate_maildir(tmp_path / "maildir", 25, seed=12)
 
-    ingest.send_many([{"path": str(path), "message_id": mid} for path, mid in written])
-    join(app)
+    tasks.ingest.send_many([{"path": str(path), "message_id": mid} for path, mid in written])
+    taskwarren_memory.run()
 
     expected = {mid for path, mid in written
                 if analyse(path.read_bytes(), mid).score >= tasks.FLAG_SCORE}
@@ -42,7 +34,6 @@ def test_every_message_scoring_high_is_published_once_and_recorded_by_its_subscr
     assert expected, "the seed has high-scoring messages"
     assert sorted(r["message_id"] for r in recorded) == sorted(expected)
     assert all(r["score"] >= tasks.FLAG_SCORE and r["reasons"] for r in recorded)
-    app.close()
 
 
 def test_the_flagged_subscriber_is_an_email_flagged_subscription_on_its_own_queue() -> None:

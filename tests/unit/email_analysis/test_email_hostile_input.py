@@ -8,12 +8,12 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from taskwarren.testing import InMemory
 from workers.email_analysis import tasks
-from workers.email_analysis.analysis import _ADDRESS, analyse
+from workers.email_analysis.analysis import _ADDRESS, Analysis, analyse
 from workers.email_analysis.files import UnreadableMessageError, read_message_file
 
 fork = multiprocessing.get_context("fork")
@@ -30,10 +30,18 @@ def maildir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def sent(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(tasks.store_result, "send", lambda **kwargs: calls.append(kwargs))
-    return calls
+def stored(
+    monkeypatch: pytest.MonkeyPatch, taskwarren_memory: InMemory
+) -> Callable[[], list[Analysis]]:
+    """Runs what ingest sent (on the in-memory broker); the analyses that reached the store."""
+    analyses: list[Analysis] = []
+    monkeypatch.setattr(tasks.store, "upsert", analyses.append)
+
+    def run() -> list[Analysis]:
+        taskwarren_memory.run()
+        return analyses
+
+    return run
 
 
 def _secret(tmp_path: Path) -> Path:
@@ -43,19 +51,19 @@ def _secret(tmp_path: Path) -> Path:
 
 
 def test_ingest_reads_a_message_below_the_maildir(
-    maildir: Path, sent: list[dict[str, Any]]
+    maildir: Path, stored: Callable[[], list[Analysis]]
 ) -> None:
     (maildir / "new" / "1.host").write_bytes(MESSAGE)
 
-    tasks.ingest.fn(path=str(maildir / "new" / "1.host"), message_id="<1@x>")
-    tasks.ingest.fn(path="new/1.host", message_id="<1@x>")  # relative to the maildir
+    tasks.ingest.run_now(path=str(maildir / "new" / "1.host"), message_id="<1@x>")
+    tasks.ingest.run_now(path="new/1.host", message_id="<1@x>")  # relative to the maildir
 
-    assert [call["analysis"].subject for call in sent] == ["hi", "hi"]
+    assert [analysis.subject for analysis in stored()] == ["hi", "hi"]
 
 
 @pytest.mark.parametrize("how", ["absolute", "dot-dot", "symlink", "symlinked directory"])
 def test_ingest_refuses_a_file_outside_the_maildir(
-    maildir: Path, tmp_path: Path, sent: list[dict[str, Any]], how: str
+    maildir: Path, tmp_path: Path, stored: Callable[[], list[Analysis]], how: str
 ) -> None:
     secret = _secret(tmp_path)
     if how == "absolute":
@@ -70,18 +78,18 @@ def test_ingest_refuses_a_file_outside_the_maildir(
         path = str(maildir / "new" / "sub" / "secret.eml")
 
     with pytest.raises(UnreadableMessageError, match="outside the maildir"):
-        tasks.ingest.fn(path=path, message_id="<2@x>")
-    assert sent == []
+        tasks.ingest.run_now(path=path, message_id="<2@x>")
+    assert stored() == []
 
 
 def test_ingest_without_a_maildir_configured_reads_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sent: list[dict[str, Any]]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stored: Callable[[], list[Analysis]]
 ) -> None:
     monkeypatch.delenv("EMAIL_ANALYSIS_MAILDIR", raising=False)
 
     with pytest.raises(UnreadableMessageError, match="EMAIL_ANALYSIS_MAILDIR is not set"):
-        tasks.ingest.fn(path=str(_secret(tmp_path)), message_id="<3@x>")
-    assert sent == []
+        tasks.ingest.run_now(path=str(_secret(tmp_path)), message_id="<3@x>")
+    assert stored() == []
 
 
 def test_a_star_in_a_file_name_does_not_match_another_message(maildir: Path) -> None:
@@ -91,7 +99,7 @@ def test_a_star_in_a_file_name_does_not_match_another_message(maildir: Path) -> 
         with pytest.raises(UnreadableMessageError, match="no such file"):
             read_message_file(maildir / "new" / name)
         with pytest.raises(UnreadableMessageError, match="no such file"):
-            tasks.ingest.fn(path=str(maildir / "new" / name), message_id="<4@x>")
+            tasks.ingest.run_now(path=str(maildir / "new" / name), message_id="<4@x>")
 
 
 def _timed(work: Callable[[], object], report: Connection) -> None:

@@ -1,0 +1,1 @@
+"""Small applications that use taskwarren (tested in tests/frameworks/)."""
