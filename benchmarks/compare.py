@@ -51,7 +51,7 @@ DEFAULT_VENV = "/tmp/taskwarren-bench-venv"
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 #: Set in the re-executed process, so that it does not set the venv up again.
 IN_VENV_ENV = "TW_BENCH_IN_VENV"
-SYSTEMS = ("raw", "celery", "dramatiq", "taskwarren")
+SYSTEMS = ("raw", "celery", "dramatiq", "taskwarren", "baseline")
 SECTIONS = ("enqueue", "drain", "latency")
 #: Longest a worker gets to start, or to finish what it was given, before it counts as stuck.
 STUCK_S = 120.0
@@ -91,7 +91,7 @@ def queue_of(system: str, qtype: str) -> str:
 
 def companions(system: str, queue: str) -> list[str]:
     """Queues a system declares beside its own (dead letters)."""
-    if system == "taskwarren":
+    if system in ("taskwarren", "baseline"):
         return [queue + ".dead"]
     if system == "dramatiq":
         return [queue + ".DQ", queue + ".XQ"]
@@ -155,13 +155,15 @@ class Options:
     python: str
     bin: str
     out: str
+    baseline: str = ""  # a folder holding another taskwarren package, run as "baseline"
 
 
 def peer_env(opts: Options, system: str, qtype: str, marks_dir: str = "") -> dict[str, str]:
     """The environment of a worker or producer of ``system``."""
     env = dict(os.environ)
+    path = PEERS if system != "baseline" else os.pathsep.join([PEERS, opts.baseline])
     env.update({
-        "PYTHONPATH": PEERS, "PYTHONDONTWRITEBYTECODE": "1", "TW_BENCH_URL": opts.url,
+        "PYTHONPATH": path, "PYTHONDONTWRITEBYTECODE": "1", "TW_BENCH_URL": opts.url,
         "TW_BENCH_QTYPE": qtype, "TW_BENCH_QUEUE": queue_of(system, qtype),
         "TW_BENCH_MARKS": marks_dir, "TASKWARREN_URL": opts.url,
     })
@@ -182,7 +184,7 @@ def worker_argv(opts: Options, system: str) -> list[str]:
 
 
 MODULES = {"raw": "raw", "celery": "celery_app", "dramatiq": "dramatiq_app",
-           "taskwarren": "tw_app"}
+           "taskwarren": "tw_app", "baseline": "tw_app"}
 
 
 class Worker:
@@ -388,6 +390,13 @@ def percentile(values: list[float], p: float) -> float:
 # -- the report --------------------------------------------------------------------------
 
 
+def values_in(rows: list[dict[str, Any]], section: str, variant: str, system: str, field: str,
+              rep: int) -> list[float]:
+    """``field`` of the rows of one measurement in repetition ``rep``."""
+    return [r[field] for r in rows if r["section"] == section and r["variant"] == variant
+            and r["system"] == system and r["rep"] == rep and field in r]
+
+
 def report(rows: list[dict[str, Any]]) -> str:
     """Markdown tables: medians over repetitions [min-max], and ratios to raw py-amqp."""
     good = [r for r in rows if "error" not in r]
@@ -421,6 +430,8 @@ def report(rows: list[dict[str, Any]]) -> str:
              ("latency p99, quorum (ms)", "latency", "quorum", "p99_ms", 2)]
     for label, section, variant, field, digits in table:
         cells = [cell(values(section, variant, s, field), digits) for s in present]
+        if all(c == "-" for c in cells):
+            continue
         tw = values(section, variant, "taskwarren", field)
         to_raw = ratio(tw, values(section, variant, "raw", field))
         to_dramatiq = ratio(tw, values(section, variant, "dramatiq", field))
@@ -428,17 +439,16 @@ def report(rows: list[dict[str, Any]]) -> str:
     # Per-rep ratios show how much of a ratio is noise.
     for section, variant, field in (("latency", "classic", "p50_ms"),
                                     ("latency", "quorum", "p50_ms"), ("drain", "classic", "rate")):
-        per = []
-        for rep in sorted({r["rep"] for r in good}):
-            tw = [r[field] for r in good if r["section"] == section and r["variant"] == variant
-                  and r["system"] == "taskwarren" and r["rep"] == rep and field in r]
-            raw = [r[field] for r in good if r["section"] == section and r["variant"] == variant
-                   and r["system"] == "raw" and r["rep"] == rep and field in r]
-            if tw and raw:
-                per.append("%.2f" % (tw[0] / raw[0]))
-        if per:
-            lines.append(f"\ntaskwarren / raw, {section} {variant} {field}, per repetition: "
-                         + ", ".join(per))
+        for other in ("raw", "baseline"):
+            per = []
+            for rep in sorted({r["rep"] for r in good}):
+                tw = values_in(good, section, variant, "taskwarren", field, rep)
+                ref = values_in(good, section, variant, other, field, rep)
+                if tw and ref:
+                    per.append("%.2f" % (tw[0] / ref[0]))
+            if per:
+                lines.append(f"\ntaskwarren / {other}, {section} {variant} {field}, "
+                             "per repetition: " + ", ".join(per))
     mem = []
     for s in present:
         drains = [r for r in good
@@ -487,6 +497,9 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--gap-ms", type=float, default=10.0, help="between two latency sends")
     ap.add_argument("--qtypes", default="classic,quorum", help="latency queue types")
     ap.add_argument("--out", default="/tmp/taskwarren-bench", help="results and worker logs")
+    ap.add_argument("--baseline", metavar="DIR", default="",
+                    help="also run the taskwarren package found in DIR (an older commit: "
+                         "`git archive COMMIT taskwarren | tar -x -C DIR`) as system baseline")
     ap.add_argument("--report", metavar="JSONL", nargs="*",
                     help="print the tables of these results")
     return ap.parse_args()
@@ -504,8 +517,9 @@ def main() -> None:
         os.execv(python, [python, os.path.abspath(__file__), *sys.argv[1:]])
     sys.path.insert(0, PEERS)
     os.makedirs(a.out, exist_ok=True)
-    opts = Options(a.url, sys.executable, os.path.dirname(sys.executable), a.out)
-    systems = [s for s in a.systems.split(",") if s]
+    opts = Options(a.url, sys.executable, os.path.dirname(sys.executable), a.out,
+                   os.path.abspath(a.baseline) if a.baseline else "")
+    systems = [s for s in a.systems.split(",") if s] + (["baseline"] if a.baseline else [])
     sections = [s for s in a.only.split(",") if s]
     admin = Admin(a.url)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

@@ -24,11 +24,7 @@ import structlog
 from taskwarren.app import Warren
 from taskwarren.brokers.base import REQUEUE, Consumer, Delivery, Republish
 from taskwarren.brokers.capabilities import Announcer, BroadcastConsumer, EventConsumer, require
-from taskwarren.errors import (
-    NotSupportedError,
-    TaskwarrenError,
-    TimeLimitExceeded,
-)
+from taskwarren.errors import NotSupportedError, TaskwarrenError, TimeLimitExceeded
 from taskwarren.message import MAX_ECHO_CHARS, clip
 from taskwarren.middleware import TaskRun
 from taskwarren.middleware.jobs import take_cancel_request
@@ -50,11 +46,12 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 #: Exit code of a child that replaced itself (hard time limit): restart it, count no death.
 EXIT_REPLACE = 3
-#: Exit code of a child whose own code failed (its I/O thread raised): restart it, and
-#: charge the death to none of the tasks it was running (EX_SOFTWARE).
+#: Exit code of a child whose I/O thread raised: restart it, charge no task (EX_SOFTWARE).
 EXIT_CRASHED = 70
 #: Longest the I/O thread sleeps without looking at heartbeats and time limits.
 POLL_MAX_S = 1.0
+#: Longest the I/O thread's duties (heartbeat, presence, limits, prefetch) wait under load.
+DUTIES_EVERY_S = 0.05
 #: Seconds between two presence announcements of a child.
 ANNOUNCE_INTERVAL_S = 1.0
 
@@ -101,13 +98,13 @@ class WorkerChild:
         self._inbox: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
         self._running: dict[int, Running] = {}
         self._lock = threading.Lock()
-        self._stopping = False
-        self._replace = False
+        self._stopping = self._replace = False
         self._broken = False  # an executor thread died: this child cannot run tasks
-        self._gate = Gate(self._leaving)
+        self._gate = Gate(self._leaving, threads)
         self._queues = {q: QueueState(prefetch or threads) for q in self.queues}
         self._consumer: Consumer | None = None
         self._next_announce = 0.0
+        self._duties_at, self._deadline = 0.0, math.inf  # duties due; nearest time limit
         self._announce_failing = False
         self._started_at = time.time()
         self._workers: list[threading.Thread] = []
@@ -145,7 +142,7 @@ class WorkerChild:
         reconnects = 0
         polled: list[Delivery] = []
         while not self._stopping and not self._replace:
-            if self._executors_lost():
+            if self._broken or not all(w.is_alive() for w in self._workers):
                 # Healthy no more (no heartbeat from now on), and replaced: stop as a
                 # replaced child does, handing back what it holds.
                 log.error("worker.child_replacing", child=self.index,
@@ -163,8 +160,14 @@ class WorkerChild:
                       if d.queue in self._queues or not take_cancel_request(d, consumer)]
             if polled and self._admits:
                 self.middleware.admit(polled)
+            now = time.monotonic()
+            if polled and now < self._duties_at and now < self._deadline:
+                # Hand them over first: no executor starts until this thread blocks (the
+                # GIL). An executor that finds its inbox empty wakes it for the duties.
+                continue
+            self._duties_at = now + DUTIES_EVERY_S
             if self.heartbeats is not None and not self._broken:
-                self.heartbeats.beat(self.index, time.monotonic())
+                self.heartbeats.beat(self.index, now)
             self._announce(consumer)
             lost = getattr(consumer, "reconnects", 0)
             if lost != reconnects:
@@ -176,9 +179,6 @@ class WorkerChild:
         for delivery in polled:
             self._inbox.put(delivery)  # the stopping executors hand them back
         return self._shutdown(consumer)
-
-    def _executors_lost(self) -> bool:
-        return self._broken or not all(w.is_alive() for w in self._workers)
 
     def _listen(self, consumer: Consumer) -> None:
         """Bind this child's event subscriptions and listen for broadcasts.
@@ -225,9 +225,9 @@ class WorkerChild:
 
     def _timeout(self) -> float:
         now = time.monotonic()
-        nearest = min([now + POLL_MAX_S, *(run.next_deadline()
-                                            for run in list(self._running.values()))])
-        return max(0.0, nearest - now)
+        self._deadline = min([math.inf, *(run.next_deadline()
+                                          for run in list(self._running.values()))])
+        return max(0.0, min(now + POLL_MAX_S, self._deadline) - now)
 
     def _shutdown(self, consumer: Consumer) -> int:
         consumer.cancel()
