@@ -279,8 +279,9 @@ class RabbitMQConsumer(Consumer):
                 # idle publishing link and the heartbeat clock are looked at every
                 # QUIET_CHECK_S only: each look delays the executors (see WorkerChild.run).
                 now = time.monotonic()
-                out = self._out.link
-                if out.unconfirmed or out.blocked or self._settler.held or now >= self._quiet_at:
+                outward = self._out.link
+                if (outward.unconfirmed or outward.blocked or self._settler.held
+                        or now >= self._quiet_at):
                     self._out.drain()
                 self._settler.flush()
                 if now >= self._quiet_at:
