@@ -488,7 +488,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--venv", default=os.environ.get("TW_BENCH_VENV", DEFAULT_VENV))
     ap.add_argument("--url", default=os.environ.get("TW_BENCH_URL", DEFAULT_URL))
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--systems", default=",".join(s for s in SYSTEMS if s != "baseline"))
     ap.add_argument("--only", default=",".join(SECTIONS), help="sections: enqueue,drain,latency")
     ap.add_argument("--drain-n", type=int, default=10000)
     ap.add_argument("--send-n", type=int, default=1000, help="confirmed sends, one call each")
@@ -519,7 +519,9 @@ def main() -> None:
     os.makedirs(a.out, exist_ok=True)
     opts = Options(a.url, sys.executable, os.path.dirname(sys.executable), a.out,
                    os.path.abspath(a.baseline) if a.baseline else "")
-    systems = [s for s in a.systems.split(",") if s] + (["baseline"] if a.baseline else [])
+    systems = [s for s in a.systems.split(",") if s and s != "baseline"]
+    if a.baseline:
+        systems.append("baseline")
     sections = [s for s in a.only.split(",") if s]
     admin = Admin(a.url)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

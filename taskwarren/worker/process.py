@@ -140,6 +140,7 @@ class WorkerChild:
             self._workers.append(worker)
         log.info("worker.child_started", child=self.index, pid=os.getpid(), queues=self.queues)
         reconnects = 0
+        self._duties_at = time.monotonic() + DUTIES_EVERY_S  # the first ones too wait
         polled: list[Delivery] = []
         while not self._stopping and not self._replace:
             if self._broken or not all(w.is_alive() for w in self._workers):
