@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import random
+import re
 import signal
 import statistics
 import subprocess
@@ -529,8 +530,9 @@ def main() -> None:
     commit = subprocess.run(["git", "-C", REPO, "describe", "--always", "--dirty"],
                             capture_output=True, text=True).stdout.strip()
     with open(path, "w") as out:
+        shown = dict(vars(a), url=re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:***@", a.url))
         emit(out, {"section": "meta", "variant": "", "system": "", "rep": -1, "commit": commit,
-                   "args": vars(a)})
+                   "args": shown})
         try:
             for rep in range(a.reps):
                 turn = systems[rep % len(systems):] + systems[:rep % len(systems)]
