@@ -222,6 +222,15 @@ class AsyncRunner:
         """Whether the loop thread still runs."""
         return self._thread.is_alive()
 
+    def busy(self) -> bool:
+        """Whether a slot still has work that is not past its hard limit."""
+        if not self.is_alive():
+            return False
+        with self.host.lock:
+            claimed = sum(1 for key, run in self.host.running.items()
+                          if key < 0 and run.claimed)
+        return self.serving > claimed
+
     def submit(self, deliveries: list[Delivery | None]) -> None:
         """Hand deliveries to the slots (``None`` ends one slot). Thread-safe."""
         if self._loop is not None and deliveries:

@@ -16,16 +16,21 @@ class Gate:
 
     Args:
         leaving: whether the child is stopping (a waiting thread then gives up).
+        threads: executor threads of the child; with one, every task runs alone
+            anyway, and admitting costs nothing.
     """
 
-    def __init__(self, leaving: Callable[[], bool]) -> None:
+    def __init__(self, leaving: Callable[[], bool], threads: int = 2) -> None:
         self._leaving = leaving
+        self._single = threads == 1
         self._cond = threading.Condition()
         self._active = 0  # tasks admitted and not yet released
         self._alone = False  # a suspect runs, or waits to run, alone
 
     def admit(self, alone: bool) -> bool:
         """Wait until this thread may start a task; False if the child stops meanwhile."""
+        if self._single:
+            return True
         with self._cond:
             while self._alone:
                 if self._leaving():
@@ -53,6 +58,8 @@ class Gate:
 
     def release(self, alone: bool) -> None:
         """A task admitted with ``alone`` has ended."""
+        if self._single:
+            return
         with self._cond:
             self._active -= 1
             if alone:

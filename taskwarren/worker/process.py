@@ -9,6 +9,7 @@ flowing during long tasks, enforces time limits and adapts the prefetch.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import queue
 import signal
@@ -46,11 +47,12 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 #: Exit code of a child that replaced itself (hard time limit): restart it, count no death.
 EXIT_REPLACE = 3
-#: Exit code of a child whose own code failed (its I/O thread raised): restart it, and
-#: charge the death to none of the tasks it was running (EX_SOFTWARE).
+#: Exit code of a child whose I/O thread raised: restart it, charge no task (EX_SOFTWARE).
 EXIT_CRASHED = 70
 #: Longest the I/O thread sleeps without looking at heartbeats and time limits.
 POLL_MAX_S = 1.0
+#: Longest the I/O thread's duties (heartbeat, presence, limits, prefetch) wait under load.
+DUTIES_EVERY_S = 0.05
 
 
 class WorkerChild:
@@ -98,10 +100,8 @@ class WorkerChild:
         self._inbox: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
         self.running: dict[int, Running] = {}
         self.lock = threading.Lock()
-        self._stopping = False
-        self._replace = False
+        self._stopping = self._replace = False
         self._broken = False  # an executor thread died: this child cannot run tasks
-        self.gate = Gate(self.leaving)
         self.aio = AsyncRunner(self, async_concurrency, threads) if (async_concurrency > 0 and any(
             t.is_async for t in app.tasks.values())) else None
         # Tasks a queue's deliveries may run at once: its prefetch's floor.
@@ -109,6 +109,8 @@ class WorkerChild:
                           async_concurrency if self.aio else 0)
         self._queues = {q: QueueState(prefetch or self._room[q]) for q in self.queues}
         self._consumer: Consumer | None = None
+        self.gate = Gate(self.leaving, threads if self.aio is None else 0)  # 0: the loop's too
+        self._duties_at, self._deadline = 0.0, math.inf  # duties due; nearest time limit
         self.presence = Presence(index, queues, threads, lambda: len(self.running),
                                  async_concurrency if self.aio else 0)
         self._workers: list[threading.Thread] = []
@@ -146,6 +148,7 @@ class WorkerChild:
             self.aio.start(consumer)
         log.info("worker.child_started", child=self.index, pid=os.getpid(), queues=self.queues)
         reconnects = 0
+        self._duties_at = time.monotonic() + DUTIES_EVERY_S  # the first ones too wait
         polled: list[Delivery] = []
         while not self._stopping and not self._replace:
             if self._executors_lost():
@@ -165,8 +168,14 @@ class WorkerChild:
                       if d.queue in self._queues or not take_cancel_request(d, consumer)]
             if polled and self._admits:
                 self.middleware.admit(polled)
+            now = time.monotonic()
+            if polled and now < self._duties_at and now < self._deadline:
+                # Hand them over first: no executor starts until this thread blocks (the
+                # GIL). An executor that finds its inbox empty wakes it for the duties.
+                continue
+            self._duties_at = now + DUTIES_EVERY_S
             if self.heartbeats is not None and not self._broken:
-                self.heartbeats.beat(self.index, time.monotonic())
+                self.heartbeats.beat(self.index, now)
             self.presence.announce(consumer)
             lost = getattr(consumer, "reconnects", 0)
             if lost != reconnects:
@@ -212,9 +221,9 @@ class WorkerChild:
 
     def _timeout(self) -> float:
         now = time.monotonic()
-        nearest = min([now + POLL_MAX_S, *(run.next_deadline()
-                                            for run in list(self.running.values()))])
-        return max(0.0, nearest - now)
+        self._deadline = min([math.inf, *(run.next_deadline()
+                                          for run in list(self.running.values()))])
+        return max(0.0, min(now + POLL_MAX_S, self._deadline) - now)
 
     def _shutdown(self, consumer: Consumer) -> int:
         consumer.cancel()
@@ -227,20 +236,12 @@ class WorkerChild:
             for delivery in consumer.poll(0.05):
                 consumer.settle(delivery, REQUEUE)
             alive = [w for w in self._workers if w.is_alive() and self._owns_unclaimed(w)]
-            if not alive and not self._async_running() and not consumer.pending():
+            if not alive and not (self.aio and self.aio.busy()) and not consumer.pending():
                 break
         consumer.close()
         log.info("worker.child_stopped", child=self.index, pid=os.getpid(),
                  replaced=self._replace)
         return EXIT_REPLACE if self._replace else 0
-
-    def _async_running(self) -> bool:
-        """Whether a slot of the loop still has work that is not past its hard limit."""
-        if self.aio is None or not self.aio.is_alive():
-            return False
-        with self.lock:
-            claimed = sum(1 for key, run in self.running.items() if key < 0 and run.claimed)
-        return self.aio.serving > claimed
 
     def _owns_unclaimed(self, worker: threading.Thread) -> bool:
         with self.lock:

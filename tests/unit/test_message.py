@@ -75,3 +75,16 @@ def test_a_copy_fits_the_header_budget_even_when_tw_headers_fill_it() -> None:
     assert dead.headers["tw-task"] == "t" and dead.headers["tw-error"] == "boom"
     assert "tw-junk-" in dead.headers[H_CLIPPED]
     assert H_TRACE not in dead.headers and H_TRACE in dead.headers[H_CLIPPED]
+
+
+def test_task_ids_are_random_uuid4_text() -> None:
+    import uuid
+
+    from taskwarren.message import new_task_id
+
+    ids = [new_task_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122

@@ -45,6 +45,8 @@ log = structlog.get_logger("taskwarren.rabbitmq")
 
 #: Settled deliveries that make a sleeping I/O thread send their (coalesced) ack.
 ACK_BATCH = 16
+#: Seconds between two looks at the idle publishing link and at the heartbeat clock.
+QUIET_CHECK_S = 0.05
 #: A consumer link that lived this long before failing resets the reconnect backoff.
 RECONNECT_STABLE_S = 10.0
 
@@ -81,6 +83,7 @@ class RabbitMQConsumer(Consumer):
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._sleeping = False
+        self._quiet_at = 0.0  # when the idle publishing link and heartbeats are due
         self._cancelled = False
         self.reconnects = 0
         # The link generation deliveries are good for; -1 while there is no link.
@@ -272,10 +275,18 @@ class RabbitMQConsumer(Consumer):
                 if not self._ensure(time.monotonic() + max(timeout_s, 1.0)):
                     return []
                 # Housekeeping before the wait, not after the read: deliveries go to the
-                # caller as soon as they are read (the next poll comes right after).
-                self._out.drain()
+                # caller as soon as they are read (the next poll comes right after). The
+                # idle publishing link and the heartbeat clock are looked at every
+                # QUIET_CHECK_S only: each look delays the executors (see WorkerChild.run).
+                now = time.monotonic()
+                outward = self._out.link
+                if (outward.unconfirmed or outward.blocked or self._settler.held
+                        or now >= self._quiet_at):
+                    self._out.drain()
                 self._settler.flush()
-                self._link.conn.heartbeat_tick()
+                if now >= self._quiet_at:
+                    self._quiet_at = now + QUIET_CHECK_S
+                    self._link.conn.heartbeat_tick()
                 if not self._incoming and len(self._settle_q) <= self._settler.held:
                     self._wait(timeout_s)
                 self._drain()

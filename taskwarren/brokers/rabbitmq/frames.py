@@ -1,7 +1,8 @@
-"""Frames on the wire: corked writes, and a frame handler that survives bad headers.
+"""Frames on the wire: corked writes, no read before a publish, a tolerant frame handler.
 
-Two patches of py-amqp's behaviour, both on its private parts (its transport's
-``_write``, its ``frame_handler``): kept here, and nowhere else.
+Three patches of py-amqp's behaviour, all on its private parts (its transport's
+``_write``, its local copy of the client capabilities, its ``frame_handler``): kept
+here, and nowhere else.
 """
 
 from __future__ import annotations
@@ -58,6 +59,26 @@ def corked(conn: Any) -> Iterator[Callable[[], None]]:
     finally:
         transport._write = real  # type: ignore[union-attr]
         flush()
+
+
+def without_publish_reads(conn: Any) -> None:
+    """Stop py-amqp reading the socket before every publish on ``conn`` (once connected).
+
+    When the client announced the ``connection.blocked`` capability, py-amqp's
+    ``basic_publish`` first makes an empty read (``drain_events(timeout=0)``), a timeout
+    raised through its layers: about 40 us of a single send at idle, before its bytes
+    leave. That read cannot stop the publish it precedes, and a link hears the broker's
+    blocked notices anyway whenever it reads (every wait for a confirm), and checks them
+    before each batch. The broker got the capability in the handshake and keeps sending
+    the notices; only py-amqp's local copy of it changes.
+    """
+    props = getattr(conn, "client_properties", None)
+    if not isinstance(props, dict):
+        return
+    capabilities = dict(props.get("capabilities") or {})
+    if capabilities.get("connection.blocked"):
+        capabilities["connection.blocked"] = False
+        conn.client_properties = {**props, "capabilities": capabilities}
 
 
 #: Header a delivery carries when its own headers could not be decoded (set by this

@@ -28,7 +28,7 @@ from taskwarren.brokers.rabbitmq.errors import (
     RefusedError,
     mapped,
 )
-from taskwarren.brokers.rabbitmq.frames import tolerant_frames
+from taskwarren.brokers.rabbitmq.frames import tolerant_frames, without_publish_reads
 from taskwarren.errors import BrokerConnectionError, BrokerError
 from taskwarren.message import Envelope, clip
 from taskwarren.settings import Settings
@@ -209,6 +209,7 @@ class Link:
         # The handshake and the channel set-up are one attempt: bounded together.
         with self.until(time.monotonic() + connect_timeout_s):
             conn.connect()
+            without_publish_reads(conn)
             self.open_channel()
         self.generation += 1
         self.blocked = None

@@ -8,6 +8,7 @@ whether to publish again.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Sequence
 
@@ -24,14 +25,17 @@ CONFIRM_WINDOW = 1000
 Outgoing = tuple[str, str, Envelope, Confirmation]
 
 
-def send(link: Link, outgoing: Iterable[Outgoing], deadline: float) -> None:
+def send(link: Link, outgoing: Iterable[Outgoing], deadline: float, cork: bool = True) -> None:
     """Publish every message; return once each one's confirm (or refusal) was heard.
+
+    ``cork``: gather the writes (worth it from two messages on; one goes out in one
+    write anyway, and sooner without the buffering).
 
     Raises:
         PublishTimeoutError: ``deadline`` passed first (the link is dropped).
     """
     wait_unblocked(link, deadline)
-    with corked(link.conn) as flush:
+    with corked(link.conn) if cork else contextlib.nullcontext(_no_flush) as flush:
         for exchange, routing_key, envelope, confirm in outgoing:
             link.publish(exchange, routing_key, envelope, confirm)
             if link.unconfirmed >= CONFIRM_WINDOW:
@@ -68,7 +72,7 @@ def publish_batch(link: Link, queue: str | None, exchange: str, routing_key: str
         return done
 
     send(link, ((exchange, routing_key, envelope, confirmed(envelope.message_id))
-                for envelope in list(todo.values())), deadline)
+                for envelope in list(todo.values())), deadline, cork=len(todo) > 1)
     if failures:
         message_id, error = next(iter(failures.items()))
         kind = UnroutableError if error.startswith("unroutable") else PublishNackedError
@@ -97,6 +101,10 @@ def publish_copies(link: Link, copies: Sequence[tuple[str, str, Envelope]],
     if failures:
         kind = UnroutableError if failures[0].startswith("unroutable") else PublishNackedError
         raise kind(f"{len(failures)} cop(ies) not stored: {failures[0]}")
+
+
+def _no_flush() -> None:
+    """Nothing is gathered: nothing to write out."""
 
 
 def wait_unblocked(link: Link, deadline: float) -> None:

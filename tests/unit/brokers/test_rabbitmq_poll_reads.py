@@ -98,3 +98,16 @@ def test_idle_polls_do_not_read_either_link(app: Warren, queue: str) -> None:
         assert (consumed.calls, published.calls) == (0, 0)
     finally:
         consumer.close()
+
+
+def test_a_send_reads_its_link_only_for_the_confirm(app: Warren) -> None:
+    noop = app.tasks["poll_reads.noop"]
+    noop.send(0)  # connected, queue declared
+    broker: Any = app.broker
+    reads = Reads(broker._link.conn)
+    for n in range(5):
+        noop.send(n)
+    # py-amqp reads the socket before every publish unless told not to: an empty read,
+    # before the message's bytes leave.
+    assert reads.calls >= 5, "the confirms were read somewhere else"
+    assert reads.empty == 0, "a send made an empty read"

@@ -1,9 +1,9 @@
 """The I/O thread hands deliveries to the executors at the last moment before it blocks.
 
-An executor woken while the I/O thread still runs Python waits for the GIL a second
-time: a wake-up it could have been spared. So the loop's own duties (heartbeat,
-presence, time limits, prefetch) come first, and the hand-over right before the next
-poll. This test records the order; it times nothing.
+An executor woken while the I/O thread still runs Python waits for the GIL until that
+thread blocks. So the hand-over comes right before the next poll, and the loop's own
+duties (heartbeat, presence, time limits, prefetch) wait while deliveries are handed
+over: they run on the next pass. These tests record the order; they time nothing.
 """
 
 from __future__ import annotations
@@ -49,7 +49,10 @@ def test_deliveries_are_handed_over_just_before_the_io_thread_polls_again(
 
         def recorded_poll(timeout_s: float) -> list[Delivery]:
             io.steps.append("poll")
-            return poll(timeout_s)
+            got = poll(timeout_s)
+            if got:
+                io.steps.append("got")
+            return got
 
         real.poll = recorded_poll  # type: ignore[method-assign]
         return real
@@ -88,3 +91,7 @@ def test_deliveries_are_handed_over_just_before_the_io_thread_polls_again(
     assert steps.count("put") == 3, steps
     after_puts = [steps[i + 1] for i, step in enumerate(steps) if step == "put"]
     assert set(after_puts) <= {"put", "poll"}, steps
+    # Received -> handed over, with no duty in between; the duties still ran.
+    after_got = [steps[i + 1] for i, step in enumerate(steps) if step == "got"]
+    assert set(after_got) <= {"put"}, steps
+    assert "beat" in steps, steps
