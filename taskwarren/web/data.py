@@ -25,13 +25,13 @@ from taskwarren.brokers.base import Broker
 from taskwarren.brokers.capabilities import Admin, require
 from taskwarren.errors import ConfigurationError, TaskwarrenError
 from taskwarren.jobs import Jobs
+from taskwarren.management import ManagementAPI, ManagementError
 from taskwarren.pools import live_pools
 from taskwarren.schedules import list_schedules
 from taskwarren.store.jobs import STATES, Job
 from taskwarren.urls import AMQP_SCHEMES, parse_urls, scheme_of
 from taskwarren.web.cache import Cached
 from taskwarren.web.dead import DeadLetterReader, DeadLetters
-from taskwarren.web.management import ManagementAPI, ManagementError
 from taskwarren.web.paging import Filters, JobsPage, encode_cursor
 
 __all__ = ["Dashboard", "QueueView", "problem_of"]
