@@ -60,8 +60,8 @@ def error_line(exc: Exception) -> str:
     """``exc`` as the one line a command ends with.
 
     Our errors say what went wrong in their message (and never show a password); any
-    other is named by its type, and points to ``--debug``. Control characters are escaped: a message may quote
-    what came from a broker or a message.
+    other is named by its type, and points to ``--debug``. Control characters are
+    escaped: a message may quote what came from a broker or a message.
     """
     if isinstance(exc, TaskwarrenError):
         return printable(exc)

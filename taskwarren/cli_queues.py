@@ -3,8 +3,9 @@
 ``queues`` with names asks the broker about those queues (AMQP passive declares on
 RabbitMQ). Without names it lists every taskwarren queue of the vhost from RabbitMQ's
 management API (``TASKWARREN_MANAGEMENT_URL``, else the plugin's default port on the
-broker's host); when that does not answer, the queues of the tasks modules given with
-``-m``. Which source it used is said on stderr, so ``--json`` stays clean on stdout.
+broker's host, if that broker listens on the URL's AMQP port); when that does not
+answer, the queues of the tasks modules given with ``-m``. Which source it used is said
+on stderr, so ``--json`` stays clean on stdout.
 """
 
 from __future__ import annotations
@@ -75,10 +76,12 @@ def _all_rows(app: Warren, modules: Sequence[str],
     settings = app.settings
     failure = "the broker is not RabbitMQ, whose management API alone lists every queue"
     if settings.scheme in AMQP_SCHEMES:
-        api_url = (management_url or settings.management_url
-                   or management_url_for(parse_urls(settings.url)[0]))
-        api = ManagementAPI(api_url, parse_urls(settings.url)[0].vhost)
+        endpoint = parse_urls(settings.url)[0]
+        given = management_url or settings.management_url
+        api = ManagementAPI(given or management_url_for(endpoint), endpoint.vhost)
         try:
+            if not given:
+                _check_same_node(api, endpoint.port)
             found = api.task_queues()
         except ManagementError as exc:
             failure = str(exc)
@@ -94,6 +97,21 @@ def _all_rows(app: Warren, modules: Sequence[str],
             "modules with -m MODULE")
     return _amqp_rows(app, app.queues()), (
         f"the queues of {', '.join(modules)} ({failure})")
+
+
+def _check_same_node(api: ManagementAPI, amqp_port: int) -> None:
+    """Refuse a management API found by guessing that serves another broker on the same
+    host (one that does not listen on the broker URL's AMQP port).
+
+    Raises:
+        ManagementError: it did not answer, or serves another broker.
+    """
+    ports = api.amqp_ports()
+    if amqp_port not in ports:
+        raise ManagementError(
+            f"management API at {api.location} serves a broker listening on "
+            f"{', '.join(map(str, sorted(ports))) or 'no AMQP port'}, not {amqp_port}: "
+            "set TASKWARREN_MANAGEMENT_URL")
 
 
 @click.command("purge")

@@ -173,6 +173,20 @@ class ManagementAPI:
                 dead=None if dead is None else _count(dead, "messages")))
         return rows
 
+    def amqp_ports(self) -> set[int]:
+        """The ports the cluster's nodes listen on for AMQP (and AMQP over TLS).
+
+        Raises:
+            ManagementError: no answer, an HTTP error, or not the overview's JSON.
+        """
+        found = self._get("/api/overview?columns=listeners", MAX_ANSWER_BYTES)
+        listeners = found.get("listeners") if isinstance(found, dict) else None
+        if not isinstance(listeners, list):
+            raise ManagementError(f"management API at {self.location}: not an overview")
+        return {item["port"] for item in listeners
+                if isinstance(item, dict) and item.get("protocol") in ("amqp", "amqp/ssl")
+                and isinstance(item.get("port"), int)}
+
     def _queue(self, name: str) -> dict[str, Any]:
         found = self._get(f"/api/queues/{quote(self.vhost, safe='')}/{quote(name, safe='')}",
                           MAX_ANSWER_BYTES)
