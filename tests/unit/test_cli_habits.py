@@ -106,11 +106,13 @@ def test_purge_refuses_without_yes_and_deletes_nothing(tmp_path: Path) -> None:
     app.declare(["orders"])
     app.broker.publish("orders", [encode("t", "orders", b"{}")])
 
-    result = CliRunner().invoke(main, ["purge", "orders", "--url", url])
+    out = run("purge", "orders", "--url", url)
 
-    assert result.exit_code == 2
-    assert "purging deletes the messages waiting in orders for good: add --yes" in result.output
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == (
+        "Error: purging deletes the messages waiting in orders for good: add --yes")
     assert app.broker.stats("orders").ready == 1  # type: ignore[attr-defined]
+    app.close()
 
 
 def test_purge_deletes_the_ready_messages_and_keeps_dead_and_delayed_ones(
@@ -123,15 +125,16 @@ def test_purge_deletes_the_ready_messages_and_keeps_dead_and_delayed_ones(
     app.broker.publish("orders", [encode("t", "orders", b"{}") for _ in range(3)])
     app.broker.publish("orders", [encode("t", "orders", b"{}")], delay_s=3600)
 
-    result = CliRunner().invoke(main, ["purge", "orders", "--yes", "--url", url])
+    out = run("purge", "orders", "--yes", "--url", url)
 
-    assert result.exit_code == 0, result.output
-    assert result.output.splitlines() == [
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
         "purged 3 from orders",
         "kept: 0 being run, 1 dead (`taskwarren dlq purge orders --yes`), "
         "1 delayed (they arrive when due)"]
     stats = app.broker.stats("orders")  # type: ignore[attr-defined]
     assert (stats.ready, stats.dead, stats.delayed) == (0, 1, 1)
+    app.close()
 
 
 def test_dlq_list_json_gives_every_dead_letter_with_its_error_in_full(tmp_path: Path) -> None:
@@ -141,24 +144,26 @@ def test_dlq_list_json_gives_every_dead_letter_with_its_error_in_full(tmp_path: 
     error = "boom \x1b[2J " + "x" * 300
     dead = make_dead(app, "orders", error)
 
-    result = CliRunner().invoke(main, ["dlq", "list", "orders", "--json", "--url", url])
+    app.close()
 
-    assert result.exit_code == 0, result.output
-    (row,) = json.loads(result.output)
+    out = run("dlq", "list", "orders", "--json", "--url", url)
+
+    assert out.returncode == 0, out.stderr
+    (row,) = json.loads(out.stdout)
     assert row["id"] == dead.message_id
     assert row["task"] == "shop.charge"
     assert row["error_type"] == "ValueError"
     assert row["error"] == error  # JSON escapes the control characters; nothing is cut
-    assert "\x1b" not in result.output
+    assert "\x1b" not in out.stdout
     assert row["failed_at"] == dead.headers["tw-failed-at"]
 
 
 def test_queues_without_names_on_sqlite_asks_for_names_or_modules(tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, ["queues", "--url", f"sqlite:///{tmp_path}/tw.db"])
+    out = run("queues", "--url", f"sqlite:///{tmp_path}/tw.db")
 
-    assert result.exit_code == 1
-    assert "cannot list every queue (the broker is not RabbitMQ" in result.output
-    assert "give the tasks modules with -m MODULE" in result.output
+    assert out.returncode == 1
+    assert out.stderr.startswith("Error: cannot list every queue (the broker is not RabbitMQ")
+    assert "give the tasks modules with -m MODULE" in out.stderr
 
 
 def test_bash_completion_prints_a_script_for_the_taskwarren_command() -> None:
