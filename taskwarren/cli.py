@@ -168,8 +168,7 @@ def send(task_name: str, modules: tuple[str, ...], kwargs_json: str | None,
         (t for t in app.tasks.values() if t.name.endswith("." + task_name)), None)
     if task is None:
         raise click.UsageError(f"no task {task_name!r}; known: {', '.join(sorted(app.tasks))}")
-    calls = [json.loads(line) for line in jobs_file if line.strip()] if jobs_file else [
-        json.loads(kwargs_json or "{}")]
+    calls = _read_calls(jobs_file) if jobs_file else [_json_arg(kwargs_json or "{}", "--kwargs")]
     bound = task.options(delay=delay)
     chunks = [calls[i:i + SEND_CHUNK] for i in range(0, len(calls), SEND_CHUNK)]
     ids: list[str] = []
@@ -180,6 +179,18 @@ def send(task_name: str, modules: tuple[str, ...], kwargs_json: str | None,
             ids += bound.send_many(chunk)
             bar.update(len(chunk))
     click.echo("\n".join(ids))
+
+
+def _json_arg(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint=where) from None
+
+
+def _read_calls(jobs_file: Any) -> list[Any]:
+    return [_json_arg(line, f"--file line {n}")
+            for n, line in enumerate(jobs_file, start=1) if line.strip()]
 
 
 #: Calls per confirmed batch when sending a file of jobs.

@@ -191,3 +191,15 @@ def test_completion_completes_command_names() -> None:
 
     assert result.exit_code == 0
     assert result.output.split() == ["plain,purge"]
+
+
+def test_send_with_arguments_that_are_not_json_is_a_usage_error(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"n": 1, "ledger": "/dev/null"}\n{bad\n')
+
+    out = run("send", "work", "-m", "tests.integration.twtasks", "--file", str(jobs),
+              "--url", "memory://")
+
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        "Error: Invalid value for --file line 2: not JSON: Expecting property name")
