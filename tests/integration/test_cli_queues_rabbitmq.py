@@ -97,6 +97,6 @@ def test_purge_refuses_a_queue_that_is_not_a_task_queue(rabbit_url: str) -> None
     out = cli("purge", "twtest-no-such-queue-here", "--yes", "--url", rabbit_url)
 
     assert out.returncode == 1
-    assert out.stderr.strip().splitlines() == [
-        "Error: queue 'twtest-no-such-queue-here' not found: broker refused: Queue.declare: "
-        "(404) NOT_FOUND - no queue 'twtest-no-such-queue-here' in vhost '/'"]
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("Error: queue 'twtest-no-such-queue-here' not found: broker "
+                           "refused: Queue.declare: (404) NOT_FOUND")
