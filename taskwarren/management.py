@@ -144,9 +144,10 @@ class ManagementAPI:
             ack_rate=_rate(details, "ack_details"))
 
     def task_queues(self) -> list[QueueDepths]:
-        """Every taskwarren task queue of the vhost, by name: the queues that dead-letter
-        to ``taskwarren.dlx`` under their own name (what taskwarren declares); their
-        ``.dead`` queues, the delay levels and other applications' queues are left out.
+        """Every taskwarren queue of the vhost, by name: the queues that dead-letter to
+        ``taskwarren.dlx`` under their own name (task queues and the job stores' event
+        queues); their ``.dead`` queues, the delay levels and other applications' queues
+        are left out.
 
         Raises:
             ManagementError: no answer within the timeout, an HTTP error, or an answer
