@@ -16,12 +16,18 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
+# The first candidate that runs and is that version (a pyenv shim on PATH may not be).
 find_python() {
-  local version=$1 found
-  found=$(command -v "python$version" 2>/dev/null) \
-    || found=$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}/versions/$version".*/bin/python3 2>/dev/null \
-               | sort -V | tail -1)
-  [[ -n $found && -x $found ]] && echo "$found"
+  local version=$1 candidate
+  for candidate in $(command -v "python$version" 2>/dev/null) \
+      $(ls -d "${PYENV_ROOT:-$HOME/.pyenv}/versions/$version".*/bin/python3 2>/dev/null \
+        | sort -rV); do
+    if [[ $("$candidate" -c 'import sys; print("%d.%d" % sys.version_info[:2])' \
+            2>/dev/null) == "$version" ]]; then
+      echo "$candidate"
+      return
+    fi
+  done
 }
 
 status=0
