@@ -232,12 +232,8 @@ class Dashboard:
         """The figures of queue ``name``: from the management API when configured (AMQP
         when it fails, saying so), else from the broker."""
         view = QueueView(name, source=self._broker_source())
-        note = None
-        failed = self._management_failed
-        if failed is not None and time.monotonic() - failed[0] < MANAGEMENT_PAUSE_S:
-            note = (f"the management API failed {time.monotonic() - failed[0]:.0f} s ago "
-                    f"({failed[1]}); these figures come from AMQP")
-        elif self.management is not None:
+        note = self._paused_note()
+        if note is None and self.management is not None:
             try:
                 found = self.management.stats(name)
             except ManagementError as exc:
@@ -264,6 +260,14 @@ class Dashboard:
         view.note = note
         return view
 
+    def _paused_note(self) -> str | None:
+        """What to say while the management API is left alone after failing (else None)."""
+        failed = self._management_failed
+        if failed is None or time.monotonic() - failed[0] >= MANAGEMENT_PAUSE_S:
+            return None
+        return (f"the management API failed {time.monotonic() - failed[0]:.0f} s ago "
+                f"({failed[1]}); these figures come from AMQP")
+
     def queues(self) -> list[QueueView]:
         """The figures of the overview's queues. Once the broker cannot be reached, the
         queues after are not tried: each would wait out the read timeout again."""
@@ -271,7 +275,8 @@ class Dashboard:
         down: str | None = None
         for name in self.queue_names:
             if down is not None:
-                views.append(QueueView(name, source=self._broker_source(), problem=down))
+                views.append(QueueView(name, source=self._broker_source(), problem=down,
+                                       note=self._paused_note()))
                 continue
             view = self.queue(name)
             if view.problem is not None and "BrokerConnectionError" in view.problem:

@@ -203,3 +203,11 @@ def test_send_with_arguments_that_are_not_json_is_a_usage_error(tmp_path: Path) 
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith(
         "Error: Invalid value for --file line 2: not JSON: Expecting property name")
+
+
+def test_the_dashboard_refuses_an_unsupported_broker_url_before_serving() -> None:
+    out = run("web", "--port", "0", "--url", "bogus://host")
+
+    assert out.returncode == 1
+    assert out.stderr.strip() == ("Error: unsupported broker URL scheme 'bogus': use "
+                                  "amqp://, amqps://, sqlite:/// or memory://")
