@@ -30,7 +30,7 @@ WORKDIR /src
 # scripts pip writes (bin/taskwarren) name their interpreter by absolute path.
 RUN python -m venv /opt/venv
 
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY taskwarren ./taskwarren
 COPY workers ./workers
 

@@ -1,13 +1,15 @@
-"""The ``taskwarren`` command: worker, send, queues, dlq, topology, store, jobs, web, and
-installed commands.
+"""The ``taskwarren`` command: worker, send, queues, purge, dlq, topology, store, jobs, web,
+and installed commands.
 
 Other distributions add subcommands (the email pipeline adds ``demo``): see
 :mod:`taskwarren.commands`.
+
+Exit codes: 0 done; 1 an error, told in one line on stderr (``--debug`` shows the
+traceback instead); 2 a malformed command line (click's usage error).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -19,37 +21,60 @@ from typing import Any
 
 import click
 
+from taskwarren import __version__
 from taskwarren.app import Warren
 from taskwarren.brokers.capabilities import Admin, Topology, require
 from taskwarren.cli_jobs import jobs_group
 from taskwarren.cli_loading import load_app, load_middleware, log_options
+from taskwarren.cli_queues import purge_command, queues_command
 from taskwarren.cli_schedules import scheduler_sidecars, schedules_command
 from taskwarren.cli_store import relay_command, store_group
 from taskwarren.cli_topology import MIGRATE as _MIGRATE
 from taskwarren.cli_topology import print_topology as _print_topology
 from taskwarren.cli_web import web_command
 from taskwarren.commands import CommandGroup
-from taskwarren.errors import ConfigurationError, TaskwarrenError
-from taskwarren.message import H_REASON, decode_kwargs, failure_summary
+from taskwarren.errors import TaskwarrenError
+from taskwarren.message import H_REASON, Envelope, decode_kwargs, failure_summary
 from taskwarren.pools import live_pools
 from taskwarren.settings import Settings
+from taskwarren.text import printable
 from taskwarren.worker.aio import DEFAULT_ASYNC_CONCURRENCY
 
 
 class _Commands(CommandGroup):
-    """The command group; bad settings end a command with one line, not a traceback."""
+    """The command group; an error ends a command with one line, not a traceback
+    (unless ``--debug``)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except ConfigurationError as exc:
-            # The message names the setting and never shows a password.
-            raise click.ClickException(str(exc)) from None
+        except (click.ClickException, click.Abort, click.exceptions.Exit):
+            raise
+        except Exception as exc:
+            if ctx.params.get("debug"):
+                raise
+            raise click.ClickException(error_line(exc)) from None
+
+
+def error_line(exc: Exception) -> str:
+    """``exc`` as the one line a command ends with.
+
+    Our errors say what went wrong in their message (and never show a password); any
+    other is named by its type, and points to ``--debug``. Control characters are
+    escaped: a message may quote what came from a broker or a message.
+    """
+    if isinstance(exc, TaskwarrenError):
+        return printable(exc)
+    return f"{printable(f'{type(exc).__name__}: {exc}')} (--debug shows the traceback)"
 
 
 @click.group(cls=_Commands)
+@click.version_option(__version__, "--version", "-V", prog_name="taskwarren",
+                      message="%(prog)s %(version)s")
+@click.option("--debug", is_flag=True,
+              help="Show the traceback of an error instead of one line.")
 @log_options
-def main() -> None:
+def main(debug: bool) -> None:
     """taskwarren: a durable task queue for Python on RabbitMQ."""
 
 
@@ -145,8 +170,7 @@ def send(task_name: str, modules: tuple[str, ...], kwargs_json: str | None,
         (t for t in app.tasks.values() if t.name.endswith("." + task_name)), None)
     if task is None:
         raise click.UsageError(f"no task {task_name!r}; known: {', '.join(sorted(app.tasks))}")
-    calls = [json.loads(line) for line in jobs_file if line.strip()] if jobs_file else [
-        json.loads(kwargs_json or "{}")]
+    calls = _read_calls(jobs_file) if jobs_file else [_json_arg(kwargs_json or "{}", "--kwargs")]
     bound = task.options(delay=delay)
     chunks = [calls[i:i + SEND_CHUNK] for i in range(0, len(calls), SEND_CHUNK)]
     ids: list[str] = []
@@ -159,30 +183,24 @@ def send(task_name: str, modules: tuple[str, ...], kwargs_json: str | None,
     click.echo("\n".join(ids))
 
 
+def _json_arg(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint=where) from None
+
+
+def _read_calls(jobs_file: Any) -> list[Any]:
+    return [_json_arg(line, f"--file line {n}")
+            for n, line in enumerate(jobs_file, start=1) if line.strip()]
+
+
 #: Calls per confirmed batch when sending a file of jobs.
 SEND_CHUNK = 1000
 
 
 def _broker_app(url: str | None) -> Warren:
     return Warren(settings=Settings.from_env(url=url))
-
-
-@main.command()
-@click.argument("queue_names", nargs=-1, required=True)
-@click.option("--url", default=None)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def queues(queue_names: tuple[str, ...], url: str | None, as_json: bool) -> None:
-    """Show ready, unacked, consumers, dead and delayed counts of QUEUE_NAMES."""
-    admin = require(_broker_app(url).broker, Admin, "queue statistics")
-    rows = [admin.stats(q) for q in queue_names]
-    if as_json:
-        click.echo(json.dumps([dataclasses.asdict(r) for r in rows]))
-        return
-    header = ("queue", "ready", "unacked", "consumers", "dead", "delayed")
-    click.echo(f"{header[0]:30} " + " ".join(f"{h:>9}" for h in header[1:]))
-    for r in rows:
-        cells = (r.ready, _dash(r.unacked), _dash(r.consumers), r.dead, _dash(r.delayed))
-        click.echo(f"{r.queue:30} " + " ".join(f"{c!s:>9}" for c in cells))
 
 
 @main.command()
@@ -206,10 +224,6 @@ def _admin(url: str | None) -> Admin:
     return require(_broker_app(url).broker, Admin, "dead-letter handling")
 
 
-def _dash(value: int | None) -> str:
-    return "-" if value is None else str(value)
-
-
 @main.group()
 def dlq() -> None:
     """Inspect, replay and purge dead letters."""
@@ -218,13 +232,26 @@ def dlq() -> None:
 @dlq.command("list")
 @click.argument("queue")
 @click.option("--url", default=None)
-def dlq_list(queue: str, url: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON list (errors in full) instead of tab-separated lines.")
+def dlq_list(queue: str, url: str | None, as_json: bool) -> None:
     """List QUEUE's dead letters (they stay where they are)."""
-    for env in _admin(url).dead_letters(queue):
+    found = _admin(url).dead_letters(queue)
+    if as_json:
+        click.echo(json.dumps([_dead_letter_json(env) for env in found], default=str))
+        return
+    for env in found:
         error_type, error, failed_at = failure_summary(env)
         click.echo("\t".join(str(x) for x in (
             env.message_id, env.task, env.attempt, error_type,
             error.replace("\n", " ")[:120], failed_at)))
+
+
+def _dead_letter_json(env: Envelope) -> dict[str, Any]:
+    error_type, error, failed_at = failure_summary(env)
+    return {"id": env.message_id, "task": env.task, "attempt": env.attempt,
+            "error_type": error_type, "error": error, "failed_at": failed_at or None,
+            "reason": env.headers.get(H_REASON)}
 
 
 @dlq.command("show")
@@ -338,6 +365,8 @@ def _chosen(app: Warren, queues: str | None) -> list[str]:
     return [q.strip() for q in queues.split(",") if q.strip()] if queues else app.queues()
 
 
+main.add_command(queues_command)
+main.add_command(purge_command)
 main.add_command(store_group)
 main.add_command(jobs_group)
 main.add_command(relay_command)

@@ -50,6 +50,9 @@ def web_command(modules: tuple[str, ...], host: str, port: int, queues: str | No
     from taskwarren.web import app as web_app
 
     warren = load_app(modules, url) if modules else Warren(settings=Settings.from_env(url=url))
+    # An unsupported broker URL ends the command here, in one line, rather than serving
+    # pages that all fail (no connection is made yet).
+    warren.broker  # noqa: B018
     chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     # The settings were checked as the app was built: the token's length included.
     asgi = web_app(warren, queues=chosen)

@@ -25,13 +25,13 @@ from taskwarren.brokers.base import Broker
 from taskwarren.brokers.capabilities import Admin, require
 from taskwarren.errors import ConfigurationError, TaskwarrenError
 from taskwarren.jobs import Jobs
+from taskwarren.management import ManagementAPI, ManagementError
 from taskwarren.pools import live_pools
 from taskwarren.schedules import list_schedules
 from taskwarren.store.jobs import STATES, Job
 from taskwarren.urls import AMQP_SCHEMES, parse_urls, scheme_of
 from taskwarren.web.cache import Cached
 from taskwarren.web.dead import DeadLetterReader, DeadLetters
-from taskwarren.web.management import ManagementAPI, ManagementError
 from taskwarren.web.paging import Filters, JobsPage, encode_cursor
 
 __all__ = ["Dashboard", "QueueView", "problem_of"]
@@ -232,12 +232,8 @@ class Dashboard:
         """The figures of queue ``name``: from the management API when configured (AMQP
         when it fails, saying so), else from the broker."""
         view = QueueView(name, source=self._broker_source())
-        note = None
-        failed = self._management_failed
-        if failed is not None and time.monotonic() - failed[0] < MANAGEMENT_PAUSE_S:
-            note = (f"the management API failed {time.monotonic() - failed[0]:.0f} s ago "
-                    f"({failed[1]}); these figures come from AMQP")
-        elif self.management is not None:
+        note = self._paused_note()
+        if note is None and self.management is not None:
             try:
                 found = self.management.stats(name)
             except ManagementError as exc:
@@ -264,6 +260,14 @@ class Dashboard:
         view.note = note
         return view
 
+    def _paused_note(self) -> str | None:
+        """What to say while the management API is left alone after failing (else None)."""
+        failed = self._management_failed
+        if failed is None or time.monotonic() - failed[0] >= MANAGEMENT_PAUSE_S:
+            return None
+        return (f"the management API failed {time.monotonic() - failed[0]:.0f} s ago "
+                f"({failed[1]}); these figures come from AMQP")
+
     def queues(self) -> list[QueueView]:
         """The figures of the overview's queues. Once the broker cannot be reached, the
         queues after are not tried: each would wait out the read timeout again."""
@@ -271,7 +275,8 @@ class Dashboard:
         down: str | None = None
         for name in self.queue_names:
             if down is not None:
-                views.append(QueueView(name, source=self._broker_source(), problem=down))
+                views.append(QueueView(name, source=self._broker_source(), problem=down,
+                                       note=self._paused_note()))
                 continue
             view = self.queue(name)
             if view.problem is not None and "BrokerConnectionError" in view.problem:

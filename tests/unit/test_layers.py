@@ -13,12 +13,12 @@ PACKAGE = Path(taskwarren.__file__).parent
 #: Lower number = lower layer. A module may import only its own layer or below.
 LAYERS = {
     "errors": 0, "urls": 1, "settings": 1, "message": 1, "topology": 1, "retries": 1, "logs": 1,
-    "cron": 1, "text": 1, "tracing": 1,
+    "cron": 1, "text": 1, "tracing": 1, "management": 2,
     "brokers": 2, "store": 2, "options": 3, "task": 3, "app": 4, "middleware": 4, "jobs": 4,
     "testing": 5, "worker": 5, "commands": 5, "relays": 5,
     "schedules": 5, "pools": 5, "otel": 5,
     "cli": 6, "web": 6, "cli_topology": 6, "cli_store": 6, "cli_loading": 6, "cli_jobs": 6,
-    "cli_schedules": 6, "cli_web": 6,
+    "cli_schedules": 6, "cli_web": 6, "cli_queues": 6,
     "__init__": 6, "__main__": 7, "pytest_plugin": 6, "contrib": 7,
 }
 

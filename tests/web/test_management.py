@@ -14,8 +14,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from taskwarren import Warren
+from taskwarren.management import ManagementAPI, ManagementError
 from taskwarren.web import app as web_app
-from taskwarren.web.management import ManagementAPI, ManagementError
 from tests.support.rabbit import delete_queues, unique_queue
 
 PASSWORD = "mgmt-pass-never-shown"

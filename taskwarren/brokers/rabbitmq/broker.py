@@ -219,6 +219,9 @@ class RabbitMQBroker(Broker):
         with self._lock:
             try:
                 result: QueueStats = self._with_link(query)
+            except BrokerConnectionError:
+                self._link.drop()
+                raise  # unreachable, which says nothing about the queue
             except BrokerError as exc:
                 self._link.drop()
                 raise BrokerError(f"queue {queue!r} not found: {exc}") from None

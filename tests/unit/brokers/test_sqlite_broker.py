@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -66,7 +67,9 @@ def test_the_database_is_in_wal_mode_and_every_commit_is_fsynced(db: str) -> Non
     broker = SQLiteBroker(db)
     consumer = broker.consumer()
     try:
-        assert sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        # closed: Python 3.13 warns of a connection left to the garbage collector
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         for conn in (broker._connection(), consumer._db()):
             assert conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
     finally:
@@ -97,7 +100,8 @@ def test_a_missing_directory_is_a_broker_error(tmp_path: Path) -> None:
 
 def test_a_failed_publish_is_a_publish_error(db: str) -> None:
     broker = SQLiteBroker(db)
-    sqlite3.connect(db, isolation_level=None).execute("DROP TABLE messages")
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as conn:
+        conn.execute("DROP TABLE messages")
 
     with pytest.raises(PublishError, match="no such table"):
         broker.publish(QUEUE, [message()])
