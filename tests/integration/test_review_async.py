@@ -1,0 +1,38 @@
+"""Review (s-review): an async task past its hard limit is reported to ``after_process``
+twice (the I/O thread's settlement, then the cancelled coroutine's own end), so a
+metrics middleware counts it twice and its in-flight gauge goes below zero. FAILS on
+cea5023. (A plain task's run is reported once: its child is replaced.)"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+from taskwarren import Warren
+from tests.integration import twreview
+from tests.support.workers import Pool, wait_until
+
+
+def test_an_async_task_past_its_hard_limit_is_reported_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'tw.db'}"
+    queue = f"twtest-review-{uuid.uuid4().hex[:8]}"
+    ledger = tmp_path / "after_process.txt"
+    app = Warren(url=url)
+    outlives = app.task(queue=queue, name=twreview.outlives.name,
+                        time_limit=1)(twreview.outlives.fn)
+    task_id = outlives.send(1)
+    app.close()
+    workers = Pool("tests.integration.twreview", [queue], url, concurrency=1,
+                   extra=["--middleware", "tests.integration.twreview:Recorder"],
+                   env={"TW_ASYNC_QUEUE": queue, "TW_REVIEW_LEDGER": str(ledger)},
+                   log_path=tmp_path / "pool.log")
+    try:
+        wait_until(lambda: ledger.exists() and task_id[:8] in ledger.read_text(), 30,
+                   what="the hard limit's settlement")
+        time.sleep(3)  # the cancelled coroutine ends within ABANDON_GRACE_S
+        assert workers.stop() == 0
+    finally:
+        workers.kill()
+    runs = [line for line in ledger.read_text().splitlines() if line.startswith(task_id)]
+    assert len(runs) == 1, runs
