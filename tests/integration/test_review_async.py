@@ -36,3 +36,32 @@ def test_an_async_task_past_its_hard_limit_is_reported_once(tmp_path: Path) -> N
         workers.kill()
     runs = [line for line in ledger.read_text().splitlines() if line.startswith(task_id)]
     assert len(runs) == 1, runs
+
+
+def test_an_async_task_runs_in_its_messages_trace_and_its_sends_continue_it(
+        tmp_path: Path) -> None:
+    """Passes on cea5023 (kept as the missing cross-branch test: tracing x async)."""
+    import json
+
+    from taskwarren.tracing import traceparent_scope
+
+    url = f"sqlite:///{tmp_path / 'tw.db'}"
+    queue = f"twtest-review-{uuid.uuid4().hex[:8]}"
+    ledger = tmp_path / "trace.jsonl"
+    app = Warren(url=url)
+    traced = app.task(queue=queue, name=twreview.traced.name)(twreview.traced.fn)
+    parent = "00-" + "c" * 32 + "-" + "d" * 16 + "-01"
+    with traceparent_scope(parent):
+        task_id = traced.send(str(ledger))
+    app.close()
+    workers = Pool("tests.integration.twreview", [queue], url, concurrency=1,
+                   env={"TW_ASYNC_QUEUE": queue}, log_path=tmp_path / "pool.log")
+    try:
+        wait_until(lambda: ledger.exists() and ledger.read_text().count("child") == 2, 30,
+                   what="both children")
+        assert workers.stop() == 0
+    finally:
+        workers.kill()
+    lines = [json.loads(line) for line in ledger.read_text().splitlines()]
+    assert lines[0] == {"trace": parent, "log_trace": "c" * 32, "task_id": task_id}
+    assert [line["child"] for line in lines[1:]] == [parent, parent]

@@ -27,3 +27,33 @@ class Recorder(Middleware):
             os.write(fd, line)
         finally:
             os.close(fd)
+
+
+@task(queue=QUEUE)
+async def traced(ledger: str) -> None:
+    """Record the trace and log context it sees, then send ``child``."""
+    import json
+
+    import structlog
+
+    from taskwarren.tracing import current_traceparent
+
+    await asyncio.sleep(0)
+    bound = structlog.contextvars.get_contextvars()
+    line = json.dumps({"trace": current_traceparent(), "log_trace": bound.get("trace_id"),
+                       "task_id": bound.get("task_id")}) + "\n"
+    with open(ledger, "a") as f:
+        f.write(line)
+    await asyncio.to_thread(child.send, ledger)
+    child.send(ledger)
+
+
+@task(queue=QUEUE)
+def child(ledger: str) -> None:
+    """Record the trace it runs in."""
+    import json
+
+    from taskwarren.tracing import current_traceparent
+
+    with open(ledger, "a") as f:
+        f.write(json.dumps({"child": current_traceparent()}) + "\n")
