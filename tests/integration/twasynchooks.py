@@ -1,5 +1,6 @@
-"""Review (s-review): an async task past its hard limit, and a middleware that records
-every ``after_process`` it is given (as the Prometheus one counts them)."""
+"""Async tasks for test_async_hooks: one past its hard limit, one that records its trace,
+and a middleware that records every ``after_process`` it is given (as the Prometheus
+one counts them)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 
 from taskwarren import Middleware, TaskRun, task
 
-QUEUE = os.environ.get("TW_ASYNC_QUEUE", "twtest-review")
+QUEUE = os.environ.get("TW_ASYNC_QUEUE", "twtest-asynchooks")
 
 
 @task(queue=QUEUE, time_limit=1)
@@ -18,11 +19,11 @@ async def outlives(n: int) -> None:
 
 
 class Recorder(Middleware):
-    """Appends ``task_id outcome settled_early`` per ``after_process`` to $TW_REVIEW_LEDGER."""
+    """Appends ``task_id outcome settled_early`` per ``after_process`` to $TW_HOOKS_LEDGER."""
 
     def after_process(self, run: TaskRun) -> None:
         line = f"{run.task_id} {run.outcome} {run.settled_early}\n".encode()
-        fd = os.open(os.environ["TW_REVIEW_LEDGER"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        fd = os.open(os.environ["TW_HOOKS_LEDGER"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
             os.write(fd, line)
         finally:

@@ -1,7 +1,10 @@
-"""Review (s-review): an async task past its hard limit is reported to ``after_process``
-twice (the I/O thread's settlement, then the cancelled coroutine's own end), so a
-metrics middleware counts it twice and its in-flight gauge goes below zero. FAILS on
-cea5023. (A plain task's run is reported once: its child is replaced.)"""
+"""The middleware hooks around ``async def`` tasks in a real worker pool (SQLite broker).
+
+An async task past its hard limit is reported to ``after_process`` once: by the I/O
+thread's settlement, never again when the cancelled coroutine ends (a metrics
+middleware would count it twice, its in-flight gauge go below zero). An async task
+runs in its message's trace, and what it sends continues it.
+"""
 
 from __future__ import annotations
 
@@ -10,22 +13,22 @@ import uuid
 from pathlib import Path
 
 from taskwarren import Warren
-from tests.integration import twreview
+from tests.integration import twasynchooks
 from tests.support.workers import Pool, wait_until
 
 
 def test_an_async_task_past_its_hard_limit_is_reported_once(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'tw.db'}"
-    queue = f"twtest-review-{uuid.uuid4().hex[:8]}"
+    queue = f"twtest-asynchooks-{uuid.uuid4().hex[:8]}"
     ledger = tmp_path / "after_process.txt"
     app = Warren(url=url)
-    outlives = app.task(queue=queue, name=twreview.outlives.name,
-                        time_limit=1)(twreview.outlives.fn)
+    outlives = app.task(queue=queue, name=twasynchooks.outlives.name,
+                        time_limit=1)(twasynchooks.outlives.fn)
     task_id = outlives.send(1)
     app.close()
-    workers = Pool("tests.integration.twreview", [queue], url, concurrency=1,
-                   extra=["--middleware", "tests.integration.twreview:Recorder"],
-                   env={"TW_ASYNC_QUEUE": queue, "TW_REVIEW_LEDGER": str(ledger)},
+    workers = Pool("tests.integration.twasynchooks", [queue], url, concurrency=1,
+                   extra=["--middleware", "tests.integration.twasynchooks:Recorder"],
+                   env={"TW_ASYNC_QUEUE": queue, "TW_HOOKS_LEDGER": str(ledger)},
                    log_path=tmp_path / "pool.log")
     try:
         wait_until(lambda: ledger.exists() and task_id[:8] in ledger.read_text(), 30,
@@ -40,21 +43,20 @@ def test_an_async_task_past_its_hard_limit_is_reported_once(tmp_path: Path) -> N
 
 def test_an_async_task_runs_in_its_messages_trace_and_its_sends_continue_it(
         tmp_path: Path) -> None:
-    """Passes on cea5023 (kept as the missing cross-branch test: tracing x async)."""
     import json
 
     from taskwarren.tracing import traceparent_scope
 
     url = f"sqlite:///{tmp_path / 'tw.db'}"
-    queue = f"twtest-review-{uuid.uuid4().hex[:8]}"
+    queue = f"twtest-asynchooks-{uuid.uuid4().hex[:8]}"
     ledger = tmp_path / "trace.jsonl"
     app = Warren(url=url)
-    traced = app.task(queue=queue, name=twreview.traced.name)(twreview.traced.fn)
+    traced = app.task(queue=queue, name=twasynchooks.traced.name)(twasynchooks.traced.fn)
     parent = "00-" + "c" * 32 + "-" + "d" * 16 + "-01"
     with traceparent_scope(parent):
         task_id = traced.send(str(ledger))
     app.close()
-    workers = Pool("tests.integration.twreview", [queue], url, concurrency=1,
+    workers = Pool("tests.integration.twasynchooks", [queue], url, concurrency=1,
                    env={"TW_ASYNC_QUEUE": queue}, log_path=tmp_path / "pool.log")
     try:
         wait_until(lambda: ledger.exists() and ledger.read_text().count("child") == 2, 30,
