@@ -1,33 +1,13 @@
-"""Review (s-review): in_memory and async tasks, and in_memory under an ASGI lifespan.
-
-FAIL on cea5023.
-"""
+"""The testing helpers with ``async def`` tasks: awaited on one event loop per run, as
+in a worker child, and runnable from an async test, whose own loop is running."""
 
 from __future__ import annotations
 
 import asyncio
-
-import pytest
+import contextvars
 
 from taskwarren import Warren
 from taskwarren.testing import in_memory
-
-# Port 1: nothing listens; a send that escapes memory fails instead of reaching a broker.
-UNREACHABLE = "amqp://guest:guest@127.0.0.1:1/"
-
-
-def test_sends_stay_in_memory_after_the_asgi_lifespan_closed_the_app() -> None:
-    app = Warren(UNREACHABLE)
-
-    @app.task(queue="review.lifespan")
-    def welcome(x: int) -> None:
-        pass
-
-    with in_memory(app) as queues:
-        app.close()  # what taskwarren.contrib.asgi.connected does when a TestClient exits
-        welcome.send(1)  # a later request, or the test's own send
-        assert queues.waiting("review.lifespan") == 1
-        assert [r.outcome for r in queues.run()] == ["succeeded"]
 
 
 def test_async_tasks_share_one_event_loop_across_messages_as_in_a_worker() -> None:
@@ -36,7 +16,7 @@ def test_async_tasks_share_one_event_loop_across_messages_as_in_a_worker() -> No
     app = Warren("memory://")
     loops: list[asyncio.AbstractEventLoop] = []
 
-    @app.task(queue="review.loops")
+    @app.task(queue="tta.loops")
     async def fetch(x: int) -> None:
         loops.append(asyncio.get_running_loop())
 
@@ -50,7 +30,7 @@ def test_async_tasks_share_one_event_loop_across_messages_as_in_a_worker() -> No
 def test_run_works_from_an_async_test() -> None:
     app = Warren("memory://")
 
-    @app.task(queue="review.inloop")
+    @app.task(queue="tta.inloop")
     async def fetch(x: int) -> None:
         pass
 
@@ -62,5 +42,18 @@ def test_run_works_from_an_async_test() -> None:
     assert asyncio.run(an_async_test()) == ["succeeded"]
 
 
-if __name__ == "__main__":
-    pytest.main([__file__])
+def test_each_async_task_runs_in_a_context_of_its_own_as_in_a_worker() -> None:
+    app = Warren("memory://")
+    marked: contextvars.ContextVar[int | None] = contextvars.ContextVar("marked", default=None)
+    seen: list[int | None] = []
+
+    @app.task(queue="tta.context")
+    async def mark(x: int) -> None:
+        seen.append(marked.get())
+        marked.set(x)
+
+    with in_memory(app) as queues:
+        mark.send(1)
+        mark.send(2)
+        queues.run()
+    assert seen == [None, None]
