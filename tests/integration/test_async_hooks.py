@@ -39,6 +39,8 @@ def test_an_async_task_past_its_hard_limit_is_reported_once(tmp_path: Path) -> N
         workers.kill()
     runs = [line for line in ledger.read_text().splitlines() if line.startswith(task_id)]
     assert len(runs) == 1, runs
+    # Told by the settlement itself, with what became of the message.
+    assert runs[0].split()[1:] == ["dead_lettered", "True"], runs
 
 
 def test_an_async_task_runs_in_its_messages_trace_and_its_sends_continue_it(
