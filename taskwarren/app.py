@@ -71,6 +71,7 @@ class Warren:
         self._broker = broker
         self._broker_pid = os.getpid() if broker is not None else 0
         self._declared: set[str] = set()
+        self._pinned: Broker | None = None  # taskwarren.testing.in_memory's, while it lasts
         self._lock = threading.Lock()
         self.middleware = Chain(default_middleware())
         #: The jobs recorded in the job store: query, cancel, retry.
@@ -108,6 +109,8 @@ class Warren:
 
         A forked child never writes to its parent's connection.
         """
+        if self._pinned is not None:
+            return self._pinned
         pid = os.getpid()
         if self._broker is None or self._broker_pid != pid:
             with self._lock:
@@ -363,8 +366,11 @@ class Warren:
         self.broadcast(envelope)
 
     def close(self) -> None:
-        """Close this process's broker and job store connections."""
+        """Close this process's broker and job store connections (a test's in-memory
+        broker stays, until its :func:`~taskwarren.testing.in_memory` switch ends)."""
         self.jobs.close()
+        if self._pinned is not None:
+            return
         if self._broker is not None and self._broker_pid == os.getpid():
             self._broker.close()
         self._broker = None

@@ -14,10 +14,13 @@ work in real time. The pytest plugin (:mod:`taskwarren.pytest_plugin`) wraps
 from __future__ import annotations
 
 import asyncio
-import os
+import contextvars
+import functools
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import Any
 
 from taskwarren.app import Warren, default_app
 from taskwarren.brokers.base import Republish, settlement
@@ -86,14 +89,15 @@ def in_memory(app: Warren | None = None) -> Iterator[InMemory]:
     """
     app = default_app() if app is None else app
     broker = MemoryBroker(delivery_limit=app.settings.delivery_limit)
-    # The app builds its broker lazily per process; the switch replaces the one it
-    # holds (and forgets the queues it declared) without touching the real one.
-    saved = (app._broker, app._broker_pid, app._declared)
-    app._broker, app._broker_pid, app._declared = broker, os.getpid(), set()
+    # Pinned, the broker outlives app.close() (an ASGI lifespan ending with a test
+    # client): the next send must still land here, never on the real broker. The real
+    # one, connected or not, is left as it is; the queues declared are forgotten.
+    saved = (app._pinned, app._declared)
+    app._pinned, app._declared = broker, set()
     try:
         yield InMemory(app, broker)
     finally:
-        app._broker, app._broker_pid, app._declared = saved
+        app._pinned, app._declared = saved
 
 
 def join(
@@ -122,9 +126,30 @@ def join(
                   run_delayed=run_delayed)
 
 
-def _drain(app: Warren, queues: Sequence[str] | None, *, timeout_s: float = 10.0,
-           fail_on_error: bool = False, run_delayed: bool = True, skip_delays: bool = False,
-           max_messages: int | None = None) -> list[Result]:
+def _drain(app: Warren, queues: Sequence[str] | None, **options: Any) -> list[Result]:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # no loop runs in this thread: the usual case
+        return _drain_here(app, queues, **options)
+    # Called from an async test, whose loop runs in this thread: the async tasks need a
+    # loop of their own, so the drain runs in a thread of its own (in the test's context).
+    with ThreadPoolExecutor(1, thread_name_prefix="taskwarren-drain") as pool:
+        drain = functools.partial(_drain_here, app, queues, **options)
+        return pool.submit(contextvars.copy_context().run, drain).result()
+
+
+def _drain_here(app: Warren, queues: Sequence[str] | None, *, timeout_s: float = 10.0,
+                fail_on_error: bool = False, run_delayed: bool = True,
+                skip_delays: bool = False, max_messages: int | None = None) -> list[Result]:
+    with asyncio.Runner() as runner:  # its loop is made on the first async task's message
+        return _drain_with(app, queues, runner, timeout_s=timeout_s,
+                           fail_on_error=fail_on_error, run_delayed=run_delayed,
+                           skip_delays=skip_delays, max_messages=max_messages)
+
+
+def _drain_with(app: Warren, queues: Sequence[str] | None, runner: asyncio.Runner, *,
+                timeout_s: float, fail_on_error: bool, run_delayed: bool, skip_delays: bool,
+                max_messages: int | None) -> list[Result]:
     broker = app.broker
     if not isinstance(broker, MemoryBroker):
         raise ConfigurationError("join() runs on the in-memory broker (url='memory://')")
@@ -154,8 +179,11 @@ def _drain(app: Warren, queues: Sequence[str] | None, *, timeout_s: float = 10.0
                 if max_messages is not None and len(results) >= max_messages:
                     raise RuntimeError(f"still running after {max_messages} messages: does "
                                        "a task keep sending itself?")
-                if wants_loop(executor, delivery):  # an async def task: awaited here
-                    result = asyncio.run(run_async(executor, delivery))
+                if wants_loop(executor, delivery):
+                    # One loop for them all, as in a worker child (clients made on first
+                    # use stay bound to it); one context each, as there too.
+                    result = runner.run(run_async(executor, delivery),
+                                        context=contextvars.copy_context())
                 else:
                     result = executor.run(delivery)
                 consumer.settle(delivery, result.action)

@@ -71,7 +71,8 @@ class TaskRun:
         delay_s: how long a retry waits before it runs (``retried`` only).
         envelope: the delivered message (hostile: check before use).
         settled_early: the worker settled the delivery itself (its hard time limit) while
-            the task may still be running; the outcome its thread reports later is void.
+            the task may still be running. The run is reported once all the same: what
+            its thread (or coroutine) comes to later reaches no hook.
         also: ``(queue, envelope)`` pairs an ``after_process`` hook wants published,
             confirmed, before the delivery is settled (what it records of the run); if
             the broker refuses one, the delivery goes back to its queue.

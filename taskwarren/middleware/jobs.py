@@ -24,7 +24,6 @@ import contextvars
 import json
 import os
 import socket
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -155,10 +154,6 @@ class JobRecorder(Middleware):
         # (task id, run epoch, attempt) -> the verdict admit() got, for skip() to take.
         self._verdicts: dict[tuple[str, int, int], str] = {}
         self._tables = ThreadTables(table)
-        self._lock = threading.Lock()
-        # (task id, attempt) of runs settled past their hard limit: their threads' late
-        # outcomes are void.
-        self._void: set[tuple[str, int]] = set()
         self._down_until = 0.0
         self._warned_at = -WARN_EVERY_S
 
@@ -263,13 +258,6 @@ class JobRecorder(Middleware):
         task_id, epoch, created_at, started_at = job
         _current.set(None)
         _requested.discard(task_id)
-        key = (task_id, run.attempt)
-        with self._lock:
-            if not run.settled_early and key in self._void:
-                self._void.discard(key)  # the worker already settled it past its limit
-                return
-            if run.settled_early:
-                self._void.add(key)
         if state is None:
             return  # skipped: its row already says cancelled
         now = time.time()

@@ -106,21 +106,22 @@ async def run_async(
     on_start: Callable[[Task[Any, Any]], None] | None = None,
     on_end: Callable[[], None] | None = None,
     calls: list[asyncio.Task[Any]] | None = None,
+    report: Callable[[], bool] | None = None,
 ) -> Result:
     """Run one delivery of an ``async def`` task through the middleware; never raises.
 
     The async twin of :meth:`Executor.run`: the same hooks, decisions and records.
     ``calls`` (worker plumbing) receives the asyncio task awaiting the function, so the
-    I/O thread can cancel it.
+    I/O thread can cancel it; ``report`` is :meth:`Executor.run`'s.
     """
     run, ready = executor.begin(delivery)
     if isinstance(ready, Result):
-        return executor.end(run, ready)
+        return executor.end(run, ready, report)
     try:
         result = await _call(executor, run, delivery, ready, on_start, on_end, calls)
     except Exception as exc:
         result = executor.fault(delivery, exc)
-    return executor.end(run, result)
+    return executor.end(run, result, report)
 
 
 async def _call(
@@ -333,8 +334,12 @@ class AsyncRunner:
             with host.lock:
                 host.running[key] = run
             host.slots.set(host.index, slot, delivery.envelope.message_id)
-            result = await run_async(host.executor, delivery, run.arm,
-                                     lambda: run.disarm(host.lock), calls)
+            # A task of its own: what the hooks bind to the context (log fields, trace)
+            # ends with the run, even one the I/O thread reported past its hard limit,
+            # whose hooks this slot never calls.
+            result = await asyncio.create_task(run_async(
+                host.executor, delivery, run.arm, lambda: run.disarm(host.lock), calls,
+                lambda: run.finish(host.lock)))
             host.slots.clear(host.index, slot)
             with host.lock:
                 del host.running[key]

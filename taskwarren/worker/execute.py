@@ -162,6 +162,7 @@ class Executor:
         delivery: Delivery,
         on_start: Callable[[Task[Any, Any]], None] | None = None,
         on_end: Callable[[], None] | None = None,
+        report: Callable[[], bool] | None = None,
     ) -> Result:
         """Run one delivery through the middleware and decide its fate; never raises.
 
@@ -175,15 +176,18 @@ class Executor:
                 just before its function runs (the child arms its time limits).
             on_end: worker plumbing: called as soon as the function has returned or
                 raised (the child withdraws a pending soft time limit there).
+            report: worker plumbing: called just before ``after_process``; False if the
+                worker has settled the delivery (and told ``after_process``) already,
+                past its hard time limit: this run's own outcome is then void.
         """
         run, ready = self.begin(delivery)
         if isinstance(ready, Result):
-            return self.end(run, ready)
+            return self.end(run, ready, report)
         try:
             result = self.call(run, delivery, ready, on_start, on_end)
         except Exception as exc:
             result = self.fault(delivery, exc)
-        return self.end(run, result)
+        return self.end(run, result, report)
 
     def begin(self, delivery: Delivery) -> tuple[TaskRun, Result | dict[str, Any]]:
         """Resolve, run ``before_process`` and ``skip``, decode: the keyword arguments to
@@ -221,11 +225,15 @@ class Executor:
         return Result(dead_letter(delivery, "WorkerError", error, reason=error),
                       "dead_lettered", error=exc)
 
-    def end(self, run: TaskRun, result: Result) -> Result:
-        """Tell ``after_process`` what became of ``run``; the result to settle with."""
+    def end(self, run: TaskRun, result: Result,
+            report: Callable[[], bool] | None = None) -> Result:
+        """Tell ``after_process`` what became of ``run`` (unless ``report`` says the
+        worker has told it already); the result to settle with."""
         run.outcome, run.exception, run.duration_s = result.outcome, result.error, result.duration_s
         if result.task:
             run.task_name = self.label(result.task)
+        if report is not None and not report():
+            return result  # void: the worker settled it past its hard time limit
         self.middleware.after_process(run)
         result.action = with_records(result.action, run)
         return result

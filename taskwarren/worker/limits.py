@@ -38,6 +38,7 @@ class Running:
     hard_deadline: float = math.inf
     soft_sent: bool = False
     claimed: bool = False  # settled by the I/O thread after the hard limit
+    finished: bool = False  # its own thread reports it: the I/O thread may claim it no more
     in_task: bool = False  # inside the task function: a soft time limit may be sent
     cancel: Callable[[], None] | None = None  # an async task's: cancel it, from any thread
     abandon_by: float = math.inf  # cancelled past its hard limit: gone by then, or replace
@@ -66,6 +67,13 @@ class Running:
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_ident),
                                                            None)
 
+    def finish(self, lock: threading.Lock) -> bool:
+        """The run's own thread is about to report it: True unless the I/O thread has
+        claimed it (and reported it) already. Either reports it, never both."""
+        with lock:
+            self.finished = not self.claimed
+            return self.finished
+
     def next_deadline(self) -> float:
         """The nearest deadline the I/O thread must wake up for (monotonic seconds)."""
         nearest = math.inf
@@ -74,7 +82,7 @@ class Running:
         # return at once, a busy loop until the task ends.
         if self.in_task and not self.soft_sent:
             nearest = self.soft_deadline
-        if not self.claimed:
+        if not self.claimed and not self.finished:
             nearest = min(nearest, self.hard_deadline)
         return min(nearest, self.abandon_by)
 

@@ -314,7 +314,8 @@ class WorkerChild:
                 self.running[run.thread_ident] = run
             self.slots.set(self.index, thread_index, delivery.envelope.message_id)
             result = self.executor.run(delivery, run.arm,
-                                       functools.partial(run.disarm, self.lock))
+                                       functools.partial(run.disarm, self.lock),
+                                       functools.partial(run.finish, self.lock))
             self.slots.clear(self.index, thread_index)
             with self.lock:
                 del self.running[run.thread_ident]
@@ -377,7 +378,7 @@ class WorkerChild:
             run.send_soft_limit(self.lock, now)
             if now >= run.hard_deadline and run.task is not None:
                 with self.lock:
-                    if run.claimed or run.thread_ident not in self.running:
+                    if run.claimed or run.finished or run.thread_ident not in self.running:
                         continue
                     run.claimed = True
                 assert self._consumer is not None

@@ -1,5 +1,6 @@
 """``db=django.db.connection`` inside ``transaction.atomic()``, on real Django with SQLite
-and PostgreSQL, and the worker middleware that closes stale connections.
+and PostgreSQL, and the worker middleware that closes stale connections (an async
+task's too, on asgiref's thread-sensitive thread).
 
 Django is configured once for this process (two databases: ``default`` on SQLite,
 ``pg`` on a fresh PostgreSQL database), without touching logging. The relay publishes
@@ -8,6 +9,7 @@ to the in-memory broker, where the app's tasks run as a worker runs them.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from urllib.parse import urlsplit
 
 import django
 import pytest
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection, connections, transaction
 
@@ -186,3 +189,33 @@ def test_the_middleware_closes_the_connection_a_task_opened_as_a_request_end_wou
     # CONN_MAX_AGE is 0, as by default: Django would close it when a request ends.
     assert (connections["pg"].connection is None) is with_middleware
     connections["pg"].close()
+
+
+def _on_the_orm_thread(fn: Any) -> Any:
+    """Run ``fn`` where an async task's ORM calls run: asgiref's thread-sensitive thread
+    (its calls run one at a time, in the order they were queued)."""
+    return asyncio.run(sync_to_async(fn, thread_sensitive=True)())
+
+
+@pytest.mark.parametrize("with_middleware", [True, False])
+def test_the_middleware_closes_the_connection_an_async_task_opened_on_the_orm_thread(
+    stores: dict[str, Store], with_middleware: bool
+) -> None:
+    app = Warren("memory://")
+    if with_middleware:
+        app.add_middleware(CloseOldConnections())
+
+    @app.task(queue="django.acount")
+    async def count_orders() -> int:
+        # What Django's async ORM (Model.objects.acount()) does.
+        counted: int = await sync_to_async(lambda: len(_orders("pg")), thread_sensitive=True)()
+        return counted
+
+    _on_the_orm_thread(lambda: connections["pg"].close())
+    with in_memory(app) as queues:
+        count_orders.send()
+        [result] = queues.run()
+
+    assert result.outcome == "succeeded"
+    assert _on_the_orm_thread(lambda: connections["pg"].connection is None) is with_middleware
+    _on_the_orm_thread(lambda: connections["pg"].close())

@@ -50,6 +50,24 @@ def test_an_app_not_yet_connected_connects_anew_after_the_switch() -> None:
     assert app.broker is not memory
 
 
+# Port 1: nothing listens; a send that escaped memory would fail, not reach a broker.
+UNREACHABLE = "amqp://guest:guest@127.0.0.1:1/"
+
+
+def test_sends_stay_in_memory_after_the_asgi_lifespan_closed_the_app() -> None:
+    app = Warren(UNREACHABLE)
+
+    @app.task(queue="tt.lifespan")
+    def welcome(x: int) -> None:
+        pass
+
+    with in_memory(app) as queues:
+        app.close()  # what taskwarren.contrib.asgi.connected does when a TestClient exits
+        welcome.send(1)  # a later request, or the test's own send
+        assert queues.waiting("tt.lifespan") == 1
+        assert [r.outcome for r in queues.run()] == ["succeeded"]
+
+
 def test_retries_run_at_once_however_long_their_backoff_and_the_call_succeeds(
     app: Warren,
 ) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,9 @@ from taskwarren.message import H_ERROR_TYPE
 from taskwarren.middleware.jobs import cancel_requested
 from taskwarren.store import open_store
 from taskwarren.testing import join, project
-from taskwarren.worker.aio import room
+from taskwarren.worker.aio import room, run_async
+from taskwarren.worker.execute import Executor
+from taskwarren.worker.limits import Running
 
 
 @pytest.fixture
@@ -175,3 +179,39 @@ def test_a_queue_with_async_tasks_counts_the_loops_slots_in_its_prefetch_floor(
     # "routed" is no task's own queue: calls of either kind may be sent there.
     assert room(app.tasks.values(), ["io", "cpu", "routed"], 4, 100) == {
         "io": 104, "cpu": 4, "routed": 104}
+
+
+@pytest.mark.parametrize("claimed", [True, False])
+def test_a_run_the_worker_settled_past_its_hard_limit_is_not_reported_again_when_it_ends(
+    app: Warren, claimed: bool
+) -> None:
+    told: list[str] = []
+
+    class Recorder(Middleware):
+        def after_process(self, run: TaskRun) -> None:
+            told.append(run.outcome)
+
+    app.add_middleware(Recorder())
+
+    @app.task(queue="aio.void", time_limit=60)
+    async def quick() -> None:
+        await asyncio.sleep(0)
+
+    quick.send()
+    consumer = app.broker.consumer()
+    consumer.consume("aio.void", 1)
+    (delivery,) = consumer.poll(1.0)
+    lock = threading.Lock()
+    running = Running(delivery, -1)
+    running.arm(quick)
+    running.claimed = claimed  # what the I/O thread does at the hard limit, under the lock
+    executor = Executor(app.tasks, app.settings.max_message_bytes, app.middleware)
+    result = asyncio.run(run_async(executor, delivery, report=lambda: running.finish(lock)))
+
+    assert result.outcome == "succeeded"  # the coroutine's own outcome, void if claimed
+    assert told == ([] if claimed else ["succeeded"])
+    # Once its own end reports it, the I/O thread may no longer claim it (nor wake up
+    # for its hard limit).
+    assert running.finished is not claimed
+    assert running.next_deadline() == math.inf
+    consumer.close()
