@@ -313,8 +313,7 @@ class WorkerChild:
             with self.lock:
                 self.running[run.thread_ident] = run
             self.slots.set(self.index, thread_index, delivery.envelope.message_id)
-            result = self.executor.run(delivery, run.arm,
-                                       functools.partial(run.disarm, self.lock),
+            result = self.executor.run(delivery, run.arm, functools.partial(run.disarm, self.lock),
                                        functools.partial(run.finish, self.lock))
             self.slots.clear(self.index, thread_index)
             with self.lock:
