@@ -39,7 +39,9 @@ SHORT = 1_000
 LONG = 20
 #: The due times of the short jobs spread over this many seconds, from this one.
 SPREAD_S = (3.0, 15.0)
-#: No worker runs during this window (seconds after the sends).
+#: No worker runs during this window (seconds after the sends began), or for as long,
+#: starting a second after the last send where sending took longer (a loaded machine):
+#: some cancels must fall in it.
 DOWN_S = (7.0, 10.0)
 
 
@@ -106,13 +108,15 @@ def test_a_cancel_says_truly_whether_the_job_runs(store_url: str, vhost_url: str
                          key=lambda p: p.cancel_at or 0.0)
         down = False
         offline = 0
+        down_from = max(start + DOWN_S[0], start + sent_s + 1.0)
+        down_until = down_from + DOWN_S[1] - DOWN_S[0]
         for plan in cancels:
             assert plan.cancel_at is not None
             now = time.time()
-            if not down and now >= start + DOWN_S[0]:
+            if not down and now >= down_from:
                 codes.append(pool.stop())
                 down = True
-            if down and len(pools) == 1 and now >= start + DOWN_S[1]:
+            if down and len(pools) == 1 and now >= down_until:
                 pool = Pool(MODULE, [queue], rabbit_url, concurrency=2,
                             log_path=tmp_path / "w2.log", env=env)
                 pools.append(pool)
