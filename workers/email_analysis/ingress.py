@@ -32,7 +32,7 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from .files import DEFAULT_MAX_BYTES
-from .intake import Intake, UnavailableError, identify
+from .intake import Intake, OutcomeUnknownError, UnavailableError, identify
 from .maildir import Maildir
 
 __all__ = ["Ingress", "IngressConfig", "parse_listen"]
@@ -126,6 +126,10 @@ class Ingress:
             return RETRY_LATER
         try:
             new = self.intake.accept(identity, path, len(data))
+        except OutcomeUnknownError as exc:
+            # The record may point at the file: keep it (an orphan at worst, never a loss).
+            log.warning("ingress.deferred", reason=str(exc), kept=path.name)
+            return RETRY_LATER
         except UnavailableError as exc:
             self.maildir.discard(path)
             log.warning("ingress.deferred", reason=str(exc))

@@ -203,6 +203,17 @@ class ResultStore(ABC):
                 "EMAIL_ANALYSIS_DB at the ingress's database")
         return False
 
+    def recorded_path(self, message_key: str) -> str | None:
+        """The file the ingress record ``message_key`` points at now (None: no record).
+
+        The ingress points a record at a new copy of the message when the recorded file
+        was lost before analysis; the job still carries the old path.
+        """
+        found = self._scalar(
+            f"SELECT path FROM {INGRESS_TABLE} WHERE message_key = {self._mark}",
+            (message_key,))
+        return None if found is None else str(found)
+
     def _scalar(self, sql: str, params: tuple[Any, ...]) -> Any:
         cursor = self._connection().cursor()
         try:

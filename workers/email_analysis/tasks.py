@@ -114,6 +114,9 @@ def ingest(path: str, message_id: str, message_key: str | None = None) -> None:
     if root is None:
         raise UnreadableMessageError(
             path, "EMAIL_ANALYSIS_MAILDIR is not set: ingest reads only below it")
+    if message_key is not None and not os.path.lexists(path):
+        # The ingress may have pointed its record at a new copy of a lost file.
+        path = store.default_store().recorded_path(message_key) or path
     raw = read_message_file(path, root=root)
     result = analyse(raw, message_id, config=_config())
     store_result.send(analysis=result, message_key=message_key)

@@ -16,8 +16,11 @@ from pathlib import Path
 import pytest
 
 from taskwarren import Warren
+from taskwarren.testing import InMemory
+from workers.email_analysis import tasks
 from workers.email_analysis.ingress import Ingress, IngressConfig
 from workers.email_analysis.intake import INGRESS_TABLE, Intake, identify
+from workers.email_analysis.store import SQLiteStore
 
 MESSAGE = (b"From: Ann <ann@example.com>\r\nTo: bob@example.org\r\n"
            b"Message-ID: <one@example.com>\r\nSubject: hello\r\n\r\nHello Bob.\r\n")
@@ -223,3 +226,24 @@ def test_the_command_refuses_a_job_store_other_than_the_results_store(
     assert result.exit_code == 2
     assert "TASKWARREN_STORE_URL must name the same database" in result.output
     assert not (tmp_path / "m").exists()
+
+
+def test_a_redelivery_whose_recorded_file_is_gone_before_analysis_is_kept_and_analysed(
+        ingress: Running, monkeypatch: pytest.MonkeyPatch, taskwarren_memory: InMemory) -> None:
+
+    assert send(ingress, MESSAGE)[0] == 250
+    [lost] = ingress.new_files()
+    lost.unlink()  # the file the job names is gone (a disk fault, an operator)
+    assert send(ingress, MESSAGE)[0] == 250
+    [kept] = ingress.new_files()
+    assert ingress.query(f"SELECT path FROM {INGRESS_TABLE}") == [(str(kept),)]
+    assert ingress.query("SELECT COUNT(*) FROM taskwarren_outbox") == [(1,)]
+    # The job still names the lost file; ingest reads the one the record points at.
+    monkeypatch.setenv("EMAIL_ANALYSIS_DB", str(ingress.db))
+    monkeypatch.setenv("EMAIL_ANALYSIS_MAILDIR", str(ingress.maildir))
+    tasks.ingest.send(path=str(lost), message_id="<one@example.com>",
+                      message_key=identify(MESSAGE).key)
+    taskwarren_memory.run()
+    with SQLiteStore(ingress.db) as results:
+        stored = results.get("<one@example.com>")
+    assert stored is not None and stored.subject == "hello"

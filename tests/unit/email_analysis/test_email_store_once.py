@@ -32,12 +32,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def results(db_url: str) -> Iterator[ResultStore]:
+def results(db_url: str, tmp_path: Path) -> Iterator[ResultStore]:
     intake = Intake(db_url, Warren("memory://", store_url=db_url, jobs=True))
     intake.prepare()
+    first, second = tmp_path / "1", tmp_path / "2"
+    first.write_bytes(RAW)  # a duplicate is one whose recorded file is still there
+    second.write_bytes(RAW)
     try:
-        assert intake.accept(identify(RAW), Path("/maildir/new/1"), len(RAW)) is True
-        assert intake.accept(identify(RAW), Path("/maildir/new/2"), len(RAW)) is False
+        assert intake.accept(identify(RAW), first, len(RAW)) is True
+        assert intake.accept(identify(RAW), second, len(RAW)) is False
     finally:
         intake.close()
     target = db_url.removeprefix("sqlite:///")
