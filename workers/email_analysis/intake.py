@@ -291,7 +291,7 @@ class Intake:
         cur = conn.cursor()
         cur.execute(f"UPDATE {INGRESS_TABLE} SET path = {p} WHERE message_key = {p} "
                     "AND analysed_at IS NULL", (str(path), identity.key))
-        repointed = cur.rowcount == 1
+        repointed: bool = cur.rowcount == 1
         self._commit(store, identity)
         if repointed:
             log.warning("ingress.repointed", message_key=identity.key)

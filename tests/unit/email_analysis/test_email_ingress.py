@@ -247,3 +247,66 @@ def test_a_redelivery_whose_recorded_file_is_gone_before_analysis_is_kept_and_an
     with SQLiteStore(ingress.db) as results:
         stored = results.get("<one@example.com>")
     assert stored is not None and stored.subject == "hello"
+
+
+def test_sessions_beyond_the_cap_are_answered_421_and_a_closed_one_frees_its_place(
+        tmp_path: Path) -> None:
+    running = Running(tmp_path, max_sessions=2)
+    open_sessions = [running.smtp(), running.smtp()]
+    try:
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            running.smtp()
+        assert refused.value.smtp_code == 421
+        open_sessions.pop().quit()
+        deadline = time.monotonic() + 5
+        while True:  # the server sees the QUIT's close a moment after the 221
+            try:
+                open_sessions.append(running.smtp())
+                break
+            except smtplib.SMTPConnectError:
+                assert time.monotonic() < deadline, "the closed session kept its place"
+                time.sleep(0.05)
+        assert open_sessions[-1].ehlo()[0] == 250
+    finally:
+        for client in open_sessions:
+            client.close()
+        running.ingress.stop()
+
+
+def test_an_accept_that_times_out_before_a_thread_takes_it_is_dropped_not_run_later(
+        tmp_path: Path) -> None:
+    import threading
+
+    running = Running(tmp_path, timeout_s=5.0, threads=1, accept_timeout_s=0.5)
+    blocker = sqlite3.connect(running.db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the one thread waits for SQLite's write lock
+    first = threading.Thread(target=send, args=(running, MESSAGE))
+    try:
+        first.start()
+        time.sleep(0.2)  # the first accept holds the only thread
+        code, _ = send(running, MESSAGE.replace(b"<one@", b"<two@"))
+        assert code == 451  # queued behind it past the timeout
+        blocker.execute("ROLLBACK")
+        first.join(10)
+    finally:
+        if blocker.in_transaction:
+            blocker.execute("ROLLBACK")
+        blocker.close()
+        running.ingress.stop()  # waits for the pool
+    # The first (already running) committed late; the second never ran.
+    assert running.query(f"SELECT message_id FROM {INGRESS_TABLE}") == [("<one@example.com>",)]
+    assert len(running.new_files()) == 1
+
+
+def test_an_unexpected_error_is_answered_451_without_its_text(
+        ingress: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.email_analysis import ingress as module
+
+    def broken(data: bytes) -> object:
+        raise RuntimeError("internal detail /etc/secret")
+
+    monkeypatch.setattr(module, "identify", broken)
+    code, text = send(ingress, MESSAGE)
+
+    assert (code, b"secret" in text) == (451, False)
+    assert ingress.new_files() == []

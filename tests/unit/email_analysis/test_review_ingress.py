@@ -49,8 +49,8 @@ def test_a_message_whose_data_ends_while_the_ingress_stops_is_not_bounced(
     blocker = sqlite3.connect(running.db, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # the first accept waits for SQLite's write lock
     first = threading.Thread(target=send, args=(running, MESSAGE))
+    late = running.smtp()
     try:
-        late = running.smtp()
         late.ehlo()
         late.mail("ann@example.com")
         late.rcpt("bob@example.org")
@@ -65,6 +65,7 @@ def test_a_message_whose_data_ends_while_the_ingress_stops_is_not_bounced(
         # 5xx is permanent: the mail server bounces the message and never retries.
         assert code < 500, (code, text)
     finally:
+        late.close()
         blocker.execute("ROLLBACK")
         blocker.close()
         first.join(10)
