@@ -9,7 +9,9 @@ Two queues, so storage problems never hold up analysis and vice versa:
     the reason. Bad MIME is not an error: it is analysed and marked broken.
 ``email.store``
     :func:`store_result` upserts the result by Message-ID, so running it twice
-    for the same message (at-least-once delivery) leaves one row.
+    for the same message (at-least-once delivery) leaves one row; a message the
+    ingress accepted is stored once, never over another message that reused its
+    Message-ID (:meth:`.store.ResultStore.upsert_once`).
 ``email.flagged``
     A message scoring :data:`FLAG_SCORE` or more is also published as the event
     ``email.flagged`` (a :class:`FlaggedEmail`); :func:`record_flagged` subscribes
