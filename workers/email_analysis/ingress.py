@@ -102,7 +102,10 @@ class _Handler:
         if isinstance(content, str):  # not with decode_data=False; defensive
             content = content.encode("utf-8", "surrogateescape")
         replies = max(1, len(envelope.rcpt_tos)) if self.ingress.config.lmtp else 1
-        status = await self.ingress.take(content)
+        try:
+            status = await self.ingress.take(content)
+        except Exception as exc:  # here, so that LMTP still gets one reply per recipient
+            status = await self.handle_exception(exc)
         return "\r\n".join([status] * replies)
 
     async def handle_exception(self, error: Exception) -> str:
@@ -114,18 +117,24 @@ class _Handler:
 
 
 class _Counted(SMTP):
-    """A session that counts itself in :attr:`Ingress._sessions` until it closes."""
+    """A session that is in :attr:`Ingress._sessions` until it closes."""
 
     def __init__(self, ingress: Ingress, *args: Any, **kwargs: Any) -> None:
-        ingress._sessions += 1  # when made: the factory checks the count
-        self._ingress: Ingress | None = ingress
+        self._ingress: Ingress | None = None
         super().__init__(*args, **kwargs)
+        ingress._sessions.add(self)  # when made, not when connected: the factory checks
+        self._ingress = ingress
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._ingress is not None:
-            self._ingress._sessions -= 1
+            self._ingress._sessions.discard(self)
             self._ingress = None
         super().connection_lost(error)
+
+    def drop(self) -> None:
+        """Close the connection (the ingress stops; the mail server retries)."""
+        if self.transport is not None:
+            self.transport.close()
 
 
 class _SMTPSession(_Counted):
@@ -164,7 +173,7 @@ class Ingress:
         self._stopping: asyncio.Event | None = None
         self._ready = threading.Event()
         self._failed: BaseException | None = None
-        self._sessions = 0  # open SMTP/LMTP sessions (the loop's thread only)
+        self._sessions: set[_Counted] = set()  # open sessions (the loop's thread only)
         self._closing = False  # set once serve() stops: no new accepts
 
     # -- one message
@@ -214,7 +223,7 @@ class Ingress:
 
     # -- serving
     def _protocol(self) -> asyncio.Protocol:
-        if self._sessions >= self.config.max_sessions:
+        if len(self._sessions) >= self.config.max_sessions:
             log.warning("ingress.too_many_sessions", limit=self.config.max_sessions)
             return _Refuse()
         kind = _LMTPSession if self.config.lmtp else _SMTPSession
@@ -246,13 +255,17 @@ class Ingress:
             server.close()
             # Accepts already running finish: their answer may still reach the client.
             await loop.run_in_executor(None, self._pool.shutdown, True)
+            for session in list(self._sessions):  # idle or mid-message: nothing accepted
+                session.drop()
+            await asyncio.sleep(0)  # their connection_lost
             self.intake.close()
             log.info("ingress.stopped")
 
     def shutdown(self) -> None:
         """Ask :meth:`serve` to stop (from any thread)."""
         if self._loop is not None and self._stopping is not None:
-            self._loop.call_soon_threadsafe(self._stopping.set)
+            with contextlib.suppress(RuntimeError):  # the loop has ended already
+                self._loop.call_soon_threadsafe(self._stopping.set)
 
     def start(self, timeout_s: float = 30.0) -> None:
         """Serve on a thread of its own; return once it listens (:attr:`port` is set).

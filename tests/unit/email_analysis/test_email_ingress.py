@@ -310,3 +310,43 @@ def test_an_unexpected_error_is_answered_451_without_its_text(
 
     assert (code, b"secret" in text) == (451, False)
     assert ingress.new_files() == []
+
+
+def test_an_unexpected_error_over_lmtp_is_answered_451_once_per_recipient(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.email_analysis import ingress as module
+
+    def broken(data: bytes) -> object:
+        raise RuntimeError("internal detail")
+
+    monkeypatch.setattr(module, "identify", broken)
+    running = Running(tmp_path, lmtp=True)
+    try:
+        client = smtplib.LMTP("127.0.0.1", running.ingress.port, timeout=30)
+        try:
+            client.ehlo()
+            client.mail("ann@example.com")
+            for rcpt in ("bob@example.org", "carol@example.org"):
+                client.rcpt(rcpt)
+            replies = [client.data(MESSAGE)[0], client.getreply()[0]]
+            assert client.noop()[0] == 250  # the session goes on
+        finally:
+            client.quit()
+    finally:
+        running.ingress.stop()
+
+    assert replies == [451, 451]
+
+
+def test_stopping_closes_the_sessions_left_open_and_a_second_stop_is_harmless(
+        tmp_path: Path) -> None:
+    running = Running(tmp_path)
+    idle = running.smtp()
+    try:
+        idle.ehlo()
+        running.ingress.stop()
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            idle.noop()
+        running.ingress.stop()  # the loop has ended: nothing to do, no error
+    finally:
+        idle.close()
