@@ -175,6 +175,8 @@ class Ingress:
         self._failed: BaseException | None = None
         self._sessions: set[_Counted] = set()  # open sessions (the loop's thread only)
         self._closing = False  # set once serve() stops: no new accepts
+        self._taking = 0  # take() calls not yet returned (the loop's thread only)
+        self._all_taken: asyncio.Event | None = None  # set when _taking drops to 0
 
     # -- one message
     def _accept_blocking(self, data: bytes) -> str:
@@ -203,6 +205,15 @@ class Ingress:
         """Make ``data`` durable and queued; the SMTP status line to answer with."""
         if self._closing:
             return STOPPING
+        self._taking += 1
+        try:
+            return await self._take(data)
+        finally:
+            self._taking -= 1
+            if self._taking == 0 and self._all_taken is not None:
+                self._all_taken.set()
+
+    async def _take(self, data: bytes) -> str:
         try:
             work = self._pool.submit(self._accept_blocking, data)
         except RuntimeError:  # the pool shut down meanwhile
@@ -255,7 +266,11 @@ class Ingress:
             server.close()
             # Accepts already running finish: their answer may still reach the client.
             await loop.run_in_executor(None, self._pool.shutdown, True)
-            for session in list(self._sessions):  # idle or mid-message: nothing accepted
+            if self._taking:  # their answers are written when take() returns
+                self._all_taken = asyncio.Event()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._all_taken.wait(), 5.0)
+            for session in list(self._sessions):  # the rest hold nothing accepted
                 session.drop()
             await asyncio.sleep(0)  # their connection_lost
             self.intake.close()
