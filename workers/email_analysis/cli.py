@@ -48,8 +48,12 @@ def main() -> None:
                    "outbox (the broker is down or blocked, or no relay runs).")
 @click.option("--threads", type=click.IntRange(min=1, max=256), default=8, show_default=True,
               help="Concurrent accepts (fsync and store transaction).")
+@click.option("--max-sessions", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Most SMTP/LMTP sessions at once; more are answered 421 (each may hold "
+                   "one message of up to --max-bytes in memory).")
 def ingress_command(listen: tuple[str, int], maildir: Path, lmtp: bool, db: str | None,
-                    max_bytes: int, max_outbox_age_s: float, threads: int) -> None:
+                    max_bytes: int, max_outbox_age_s: float, threads: int,
+                    max_sessions: int) -> None:
     """Accept mail over SMTP or LMTP; answer 250 once it is durable and queued for analysis."""
     from taskwarren import Warren
 
@@ -63,7 +67,7 @@ def ingress_command(listen: tuple[str, int], maildir: Path, lmtp: bool, db: str 
     intake = Intake(db_url, app, max_outbox_age_s=max_outbox_age_s)
     host, port = listen
     config = IngressConfig(host=host, port=port, maildir=maildir, lmtp=lmtp,
-                           max_bytes=max_bytes, threads=threads)
+                           max_bytes=max_bytes, threads=threads, max_sessions=max_sessions)
     try:
         run_forever(config, intake)
     except UnavailableError as exc:

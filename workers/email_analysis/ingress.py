@@ -26,13 +26,14 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from .files import DEFAULT_MAX_BYTES
-from .intake import Intake, UnavailableError, identify
+from .intake import Intake, OutcomeUnknownError, UnavailableError, identify
 from .maildir import Maildir
 
 __all__ = ["Ingress", "IngressConfig", "parse_listen"]
@@ -42,6 +43,10 @@ log = structlog.get_logger("email_analysis.ingress")
 ACCEPTED = "250 2.0.0 Accepted for analysis"
 #: The temporary failure: the mail server keeps the message and tries again.
 RETRY_LATER = "451 4.3.0 Cannot accept the message now; try again later"
+#: A message whose data ends once the ingress is stopping (never 5xx: that bounces).
+STOPPING = "451 4.3.2 The ingress is shutting down; try again later"
+#: The greeting instead of 220 beyond :attr:`IngressConfig.max_sessions`; then it closes.
+TOO_MANY_SESSIONS = "421 4.3.2 Too many sessions; try again later"
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,11 @@ class IngressConfig:
         max_bytes: the largest message accepted; larger ones get ``552``.
         threads: threads doing the fsyncs and transactions (concurrent accepts).
         accept_timeout_s: longest time one accept may take before the answer is ``451``
-            (a late commit is then a duplicate the next delivery finds).
+            (an accept still queued for a thread is cancelled; one already running may
+            commit late, and the next delivery is then a duplicate).
+        max_sessions: most SMTP/LMTP sessions at once; more are greeted with ``421`` and
+            closed. Each may hold one message of up to ``max_bytes`` in memory, so this
+            bounds the ingress's memory (about ``2 * max_sessions * max_bytes``).
     """
 
     host: str = "127.0.0.1"
@@ -67,6 +76,7 @@ class IngressConfig:
     max_bytes: int = DEFAULT_MAX_BYTES
     threads: int = 8
     accept_timeout_s: float = 30.0
+    max_sessions: int = 20
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -92,8 +102,56 @@ class _Handler:
         if isinstance(content, str):  # not with decode_data=False; defensive
             content = content.encode("utf-8", "surrogateescape")
         replies = max(1, len(envelope.rcpt_tos)) if self.ingress.config.lmtp else 1
-        status = await self.ingress.take(content)
+        try:
+            status = await self.ingress.take(content)
+        except Exception as exc:  # here, so that LMTP still gets one reply per recipient
+            status = await self.handle_exception(exc)
         return "\r\n".join([status] * replies)
+
+    async def handle_exception(self, error: Exception) -> str:
+        """Whatever went wrong is answered ``451``, never aiosmtpd's ``500`` (a bounce)
+        with the error's text; the log gets a bounded line (no message content)."""
+        log.error("ingress.session_failed", error=type(error).__name__,
+                  detail=ascii(str(error))[:200])
+        return RETRY_LATER
+
+
+class _Counted(SMTP):
+    """A session that is in :attr:`Ingress._sessions` until it closes."""
+
+    def __init__(self, ingress: Ingress, *args: Any, **kwargs: Any) -> None:
+        self._ingress: Ingress | None = None
+        super().__init__(*args, **kwargs)
+        ingress._sessions.add(self)  # when made, not when connected: the factory checks
+        self._ingress = ingress
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._ingress is not None:
+            self._ingress._sessions.discard(self)
+            self._ingress = None
+        super().connection_lost(error)
+
+    def drop(self) -> None:
+        """Close the connection (the ingress stops; the mail server retries)."""
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _SMTPSession(_Counted):
+    """An SMTP session."""
+
+
+class _LMTPSession(_Counted, LMTP):
+    """An LMTP session."""
+
+
+class _Refuse(asyncio.Protocol):
+    """A connection beyond the cap: ``421`` instead of the greeting, then closed."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(TOO_MANY_SESSIONS.encode("ascii") + b"\r\n")
+        transport.close()
 
 
 class Ingress:
@@ -115,6 +173,10 @@ class Ingress:
         self._stopping: asyncio.Event | None = None
         self._ready = threading.Event()
         self._failed: BaseException | None = None
+        self._sessions: set[_Counted] = set()  # open sessions (the loop's thread only)
+        self._closing = False  # set once serve() stops: no new accepts
+        self._taking = 0  # take() calls not yet returned (the loop's thread only)
+        self._all_taken: asyncio.Event | None = None  # set when _taking drops to 0
 
     # -- one message
     def _accept_blocking(self, data: bytes) -> str:
@@ -126,6 +188,10 @@ class Ingress:
             return RETRY_LATER
         try:
             new = self.intake.accept(identity, path, len(data))
+        except OutcomeUnknownError as exc:
+            # The record may point at the file: keep it (an orphan at worst, never a loss).
+            log.warning("ingress.deferred", reason=str(exc), kept=path.name)
+            return RETRY_LATER
         except UnavailableError as exc:
             self.maildir.discard(path)
             log.warning("ingress.deferred", reason=str(exc))
@@ -137,18 +203,42 @@ class Ingress:
 
     async def take(self, data: bytes) -> str:
         """Make ``data`` durable and queued; the SMTP status line to answer with."""
-        loop = asyncio.get_running_loop()
-        work = loop.run_in_executor(self._pool, self._accept_blocking, data)
+        if self._closing:
+            return STOPPING
+        self._taking += 1
         try:
-            return await asyncio.wait_for(asyncio.shield(work), self.config.accept_timeout_s)
+            return await self._take(data)
+        finally:
+            self._taking -= 1
+            if self._taking == 0 and self._all_taken is not None:
+                self._all_taken.set()
+
+    async def _take(self, data: bytes) -> str:
+        try:
+            work = self._pool.submit(self._accept_blocking, data)
+        except RuntimeError:  # the pool shut down meanwhile
+            return STOPPING
+        waiting = asyncio.wrap_future(work)
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiting),
+                                          self.config.accept_timeout_s)
         except TimeoutError:
-            log.warning("ingress.deferred", reason="the accept took too long")
+            # Not started: drop it (and the message it holds). Started: it may commit,
+            # then the mail server's retry is a duplicate; its outcome is only logged.
+            started = not work.cancel()
+            if started:
+                waiting.add_done_callback(_log_late)
+            log.warning("ingress.deferred", reason="the accept took too long",
+                        started=started)
             return RETRY_LATER
 
     # -- serving
-    def _protocol(self) -> SMTP:
-        kind = LMTP if self.config.lmtp else SMTP
-        return kind(self._handler, data_size_limit=self.config.max_bytes,
+    def _protocol(self) -> asyncio.Protocol:
+        if len(self._sessions) >= self.config.max_sessions:
+            log.warning("ingress.too_many_sessions", limit=self.config.max_sessions)
+            return _Refuse()
+        kind = _LMTPSession if self.config.lmtp else _SMTPSession
+        return kind(self, self._handler, data_size_limit=self.config.max_bytes,
                     enable_SMTPUTF8=True, decode_data=False, ident="taskwarren-email ingress",
                     loop=asyncio.get_running_loop())
 
@@ -172,16 +262,25 @@ class Ingress:
         try:
             await self._stopping.wait()
         finally:
+            self._closing = True  # a DATA ending from now on is answered 451
             server.close()
             # Accepts already running finish: their answer may still reach the client.
             await loop.run_in_executor(None, self._pool.shutdown, True)
+            if self._taking:  # their answers are written when take() returns
+                self._all_taken = asyncio.Event()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._all_taken.wait(), 5.0)
+            for session in list(self._sessions):  # the rest hold nothing accepted
+                session.drop()
+            await asyncio.sleep(0)  # their connection_lost
             self.intake.close()
             log.info("ingress.stopped")
 
     def shutdown(self) -> None:
         """Ask :meth:`serve` to stop (from any thread)."""
         if self._loop is not None and self._stopping is not None:
-            self._loop.call_soon_threadsafe(self._stopping.set)
+            with contextlib.suppress(RuntimeError):  # the loop has ended already
+                self._loop.call_soon_threadsafe(self._stopping.set)
 
     def start(self, timeout_s: float = 30.0) -> None:
         """Serve on a thread of its own; return once it listens (:attr:`port` is set).
@@ -210,6 +309,15 @@ class Ingress:
         self.shutdown()
         if self._thread is not None:
             self._thread.join(timeout_s)
+
+
+def _log_late(done: asyncio.Future[str]) -> None:
+    """The outcome of an accept answered 451 for its time (retrieved, so never unhandled)."""
+    if done.cancelled():
+        return
+    error = done.exception()
+    log.info("ingress.late_accept", status=None if error else done.result()[:3],
+             error=type(error).__name__ if error else None)
 
 
 def run_forever(config: IngressConfig, intake: Intake) -> None:

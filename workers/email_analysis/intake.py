@@ -40,8 +40,8 @@ from taskwarren.store.schema import OUTBOX
 from . import tasks
 from .store import INGRESS_TABLE
 
-__all__ = ["INGRESS_TABLE", "Identity", "Intake", "UnavailableError", "identify",
-           "store_url_of"]
+__all__ = ["INGRESS_TABLE", "Identity", "Intake", "OutcomeUnknownError", "UnavailableError",
+           "identify", "store_url_of"]
 
 #: Longest Message-ID kept (the results store keys on it; MySQL indexes 255 characters).
 MAX_MESSAGE_ID_CHARS = 250
@@ -60,6 +60,12 @@ class UnavailableError(Exception):
     The text never holds message content or a password: it is logged and may be sent
     to the client.
     """
+
+
+class OutcomeUnknownError(UnavailableError):
+    """The commit was sent but its outcome is unknown (the connection was lost during
+    COMMIT): the record may exist and point at the message's file, which must be kept.
+    A retry then finds the record (a duplicate) or makes it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +140,9 @@ def _session_sql(dialect: str, timeout_s: float) -> list[str]:
     return []
 
 
-def _is_duplicate(exc: BaseException) -> bool:
-    """The driver's unique-violation error (sqlite3, psycopg and PyMySQL all call it so)."""
+def _is_integrity_error(exc: BaseException) -> bool:
+    """The driver's constraint-violation error (sqlite3, psycopg and PyMySQL all call it
+    so): a duplicate key, or another constraint; :meth:`Intake.accept` tells them apart."""
     return any(cls.__name__ == "IntegrityError" for cls in type(exc).__mro__)
 
 
@@ -204,9 +211,13 @@ class Intake:
 
     def accept(self, identity: Identity, path: Path, size: int) -> bool:
         """Record the message at ``path`` and enqueue its analysis; False if it was
-        already accepted (a duplicate: nothing is written).
+        already accepted (a duplicate: nothing is written, ``path`` may go).
+
+        A duplicate whose recorded file is gone and whose analysis is not done yet is
+        pointed at ``path`` instead (True: keep the file).
 
         Raises:
+            OutcomeUnknownError: the commit may or may not have happened; keep the file.
             UnavailableError: nothing was committed (the store is down or blocked, or
                 analysis is behind); the caller answers 451.
         """
@@ -219,29 +230,27 @@ class Intake:
             raise UnavailableError("the results store cannot be reached") from exc
         conn = store.connection()
         raw: Any = getattr(conn, "raw", conn)  # SQLite's own connection, to BEGIN on
+        p = store.placeholder
         try:
             if store.dialect == "sqlite":
                 raw.execute("BEGIN IMMEDIATE")
             cur = conn.cursor()
-            self._check_lag(cur, store.placeholder)
+            self._check_lag(cur, p)
             task_id = uuid.uuid4().hex
-            p = store.placeholder
             try:
                 cur.execute(f"INSERT INTO {INGRESS_TABLE} (message_key, message_id, path, "
                             f"size_bytes, task_id, accepted_at) VALUES ({p}, {p}, {p}, {p}, "
                             f"{p}, {p})", (identity.key, identity.message_id, str(path), size,
                                            task_id, time.time()))
             except Exception as exc:
-                if not _is_duplicate(exc):
+                if not _is_integrity_error(exc):
                     raise
                 conn.rollback()
-                return False
+                return self._already_accepted(store, identity, path)
             self._task.options(db=raw, unique_key=UNIQUE_PREFIX + identity.key,
                                task_id=task_id).send(path=str(path),
                                                      message_id=identity.message_id,
                                                      message_key=identity.key)
-            conn.commit()
-            return True
         except UnavailableError:
             store.drop()
             raise
@@ -249,6 +258,44 @@ class Intake:
             store.drop()
             log.warning("ingress.store_failed", error=type(exc).__name__)
             raise UnavailableError("the results store did not commit") from exc
+        self._commit(store, identity)
+        return True
+
+    @staticmethod
+    def _commit(store: Store, identity: Identity) -> None:
+        try:
+            store.connection().commit()
+        except Exception as exc:
+            # The server may have committed and the reply been lost: the record may point
+            # at the file, which must therefore stay.
+            store.drop()
+            log.warning("ingress.commit_unknown", error=type(exc).__name__,
+                        message_key=identity.key)
+            raise OutcomeUnknownError("the results store may not have committed") from exc
+
+    def _already_accepted(self, store: Store, identity: Identity, path: Path) -> bool:
+        """After a primary key violation: confirm the record exists; if its file is gone
+        and it is not analysed yet, point it at ``path`` (True: keep that file)."""
+        conn = store.connection()
+        p = store.placeholder
+        cur = conn.cursor()
+        cur.execute(f"SELECT path, analysed_at FROM {INGRESS_TABLE} WHERE message_key = {p}",
+                    (identity.key,))
+        row = cur.fetchone()
+        conn.rollback()  # ends the read (PostgreSQL, MySQL); nothing was written
+        if row is None:  # another constraint than the key: not a duplicate
+            raise UnavailableError("the results store refused the record")
+        recorded, analysed_at = row
+        if analysed_at is not None or Path(str(recorded)).exists():
+            return False
+        cur = conn.cursor()
+        cur.execute(f"UPDATE {INGRESS_TABLE} SET path = {p} WHERE message_key = {p} "
+                    "AND analysed_at IS NULL", (str(path), identity.key))
+        repointed: bool = cur.rowcount == 1
+        self._commit(store, identity)
+        if repointed:
+            log.warning("ingress.repointed", message_key=identity.key)
+        return repointed
 
     def _check_lag(self, cur: Any, p: str) -> None:
         cur.execute(f"SELECT MIN(enqueued_at) FROM {OUTBOX} WHERE queue = {p}",

@@ -3,7 +3,8 @@
 Delivery is at-least-once, so a message may be analysed and stored twice;
 :meth:`ResultStore.upsert` keys on the Message-ID, keeps the newer analysis
 (by ``analysed_at``) and counts deliveries, so a redelivery never makes a
-second row.
+second row. A message the ingress accepted is stored once through
+:meth:`ResultStore.upsert_once`, which never replaces another message's row.
 
 The backend comes from ``EMAIL_ANALYSIS_DB``:
 
@@ -54,6 +55,8 @@ TABLE = "email_analysis"
 #: The ingress's record of the messages it accepted (:mod:`.intake` creates it); its
 #: ``analysed_at`` makes storing an ingress message's analysis happen once.
 INGRESS_TABLE = "email_ingress"
+#: Longest row id (MySQL's ``VARCHAR(255)`` key; the ingress keeps Message-IDs to 250).
+_ROW_ID_CHARS = 255
 HISTOGRAM_BUCKETS = [f"{lo}-{lo + 9}" for lo in range(0, 90, 10)] + ["90-100"]
 
 # Columns that follow the newest analysis; ``deliveries`` counts every upsert.
@@ -121,6 +124,13 @@ def _upsert_sql(table: str, placeholder: str, excluded: str, cast_json: str = ""
     )
 
 
+def _insert_sql(table: str, placeholder: str, cast_json: str = "") -> str:
+    """A plain INSERT of one row (an ingress message's analysis: never an update)."""
+    values = ", ".join([placeholder] * 6 + [placeholder + cast_json])
+    return (f"INSERT INTO {table} (message_id, {', '.join(_DATA_COLUMNS)}, deliveries)\n"
+            f"VALUES ({values}, 1)")
+
+
 def _without_nul(value: Any) -> Any:
     """PostgreSQL text and jsonb refuse U+0000; drop it wherever it hides."""
     if isinstance(value, str):
@@ -181,12 +191,15 @@ class ResultStore(ABC):
         """Insert, or update the row with the same Message-ID if this analysis is newer."""
 
     def upsert_once(self, analysis: Analysis, message_key: str) -> bool:
-        """Upsert the analysis of the ingress message ``message_key``, unless one was
+        """Store the analysis of the ingress message ``message_key``, unless one was
         stored for it before; whether this one was.
 
-        One transaction marks the ingress record analysed and upserts: a redelivered
+        One transaction marks the ingress record analysed and inserts: a redelivered
         analysis (at-least-once) finds the mark and writes nothing, so each accepted
-        message counts one delivery.
+        message counts one delivery. It never replaces another message's row: anyone
+        can write a Message-ID, and the ingress keys on Message-ID and body, so a second
+        message reusing a stored Message-ID goes to the row ``"<id> #<first 32 hex
+        digits of its key>"`` (:meth:`row_id`), its analysis unchanged.
 
         Raises:
             UnknownIngressMessageError: no ingress record has this key (a result is
@@ -194,7 +207,7 @@ class ResultStore(ABC):
         """
         sql = (f"UPDATE {INGRESS_TABLE} SET analysed_at = {self._mark} "
                f"WHERE message_key = {self._mark} AND analysed_at IS NULL")
-        if self._once(sql, (time.time(), message_key), analysis):
+        if self._once(sql, (time.time(), message_key), analysis, message_key):
             return True
         known = f"SELECT COUNT(*) FROM {INGRESS_TABLE} WHERE message_key = {self._mark}"
         if not self._scalar(known, (message_key,)):
@@ -202,6 +215,31 @@ class ResultStore(ABC):
                 f"no {INGRESS_TABLE} row for message key {message_key[:64]!r}: point "
                 "EMAIL_ANALYSIS_DB at the ingress's database")
         return False
+
+    def recorded_path(self, message_key: str) -> str | None:
+        """The file the ingress record ``message_key`` points at now (None: no record).
+
+        The ingress points a record at a new copy of the message when the recorded file
+        was lost before analysis; the job still carries the old path.
+        """
+        found = self._scalar(
+            f"SELECT path FROM {INGRESS_TABLE} WHERE message_key = {self._mark}",
+            (message_key,))
+        return None if found is None else str(found)
+
+    def row_id(self, message_id: str, message_key: str) -> str:
+        """The row an ingress message's analysis goes to: its Message-ID, or, when a row
+        of that Message-ID exists (another message's), the Message-ID and the key.
+
+        Run inside :meth:`_once`'s transaction; a concurrent insert of the same
+        Message-ID makes the INSERT fail, and the task's retry then takes the other row.
+        """
+        message_id = message_id[:_ROW_ID_CHARS]
+        taken = f"SELECT COUNT(*) FROM {self.table} WHERE message_id = {self._mark}"
+        if not self._scalar(taken, (message_id,)):
+            return message_id
+        suffix = " #" + message_key[:32]
+        return message_id[:_ROW_ID_CHARS - len(suffix)] + suffix
 
     def _scalar(self, sql: str, params: tuple[Any, ...]) -> Any:
         cursor = self._connection().cursor()
@@ -215,8 +253,10 @@ class ResultStore(ABC):
     _mark = "?"
 
     @abstractmethod
-    def _once(self, claim_sql: str, params: tuple[Any, ...], analysis: Analysis) -> bool:
-        """Run ``claim_sql``; if it changed a row, upsert ``analysis``; one transaction."""
+    def _once(self, claim_sql: str, params: tuple[Any, ...], analysis: Analysis,
+              message_key: str) -> bool:
+        """Run ``claim_sql``; if it changed a row, insert ``analysis`` at :meth:`row_id`;
+        one transaction."""
 
     @abstractmethod
     def get(self, message_id: str) -> Analysis | None:
@@ -277,14 +317,17 @@ class SQLiteStore(ResultStore):
         sql = _upsert_sql(self.table, "?", "excluded")
         self._connection().execute(sql, _row_values(analysis))
 
-    def _once(self, claim_sql: str, params: tuple[Any, ...], analysis: Analysis) -> bool:
+    def _once(self, claim_sql: str, params: tuple[Any, ...], analysis: Analysis,
+              message_key: str) -> bool:
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
         try:
             if conn.execute(claim_sql, params).rowcount != 1:
                 conn.execute("ROLLBACK")
                 return False
-            conn.execute(_upsert_sql(self.table, "?", "excluded"), _row_values(analysis))
+            values = list(_row_values(analysis))
+            values[0] = self.row_id(analysis.message_id, message_key)
+            conn.execute(_insert_sql(self.table, "?"), values)
             conn.execute("COMMIT")
             return True
         except BaseException:
@@ -389,14 +432,16 @@ class PostgresStore(ResultStore):
 
     _mark = "%s"
 
-    def _once(self, claim_sql: str, params: tuple[Any, ...], analysis: Analysis) -> bool:
+    def _once(self, claim_sql: str, params: tuple[Any, ...], analysis: Analysis,
+              message_key: str) -> bool:
         conn = self._connection()
         values: list[Any] = [_without_nul(v) for v in _row_values(analysis)]
         values[-1] = json.dumps(_without_nul(analysis.model_dump(mode="json")))
         with conn.transaction():
             if conn.execute(claim_sql, params).rowcount != 1:
                 return False
-            conn.execute(_upsert_sql(self.table, "%s", "EXCLUDED", "::jsonb"), values)
+            values[0] = self.row_id(values[0], message_key)
+            conn.execute(_insert_sql(self.table, "%s", "::jsonb"), values)
         return True
 
     def get(self, message_id: str) -> Analysis | None:

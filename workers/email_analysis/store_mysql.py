@@ -18,6 +18,7 @@ from .store import (
     StoreConfigurationError,
     StoreSummary,
     _histogram,
+    _insert_sql,
     _row_values,
 )
 
@@ -88,17 +89,18 @@ class MySQLStore(ResultStore):
 
     _mark = "%s"
 
-    def _once(self, claim_sql: str, params: tuple[Any, ...], analysis: Analysis) -> bool:
+    def _once(self, claim_sql: str, params: tuple[Any, ...], analysis: Analysis,
+              message_key: str) -> bool:
         conn = self._connection()
         values: list[Any] = list(_row_values(analysis))
-        values[0] = analysis.message_id[:255]
         conn.begin()
         try:
             with conn.cursor() as cur:
                 if cur.execute(claim_sql, params) != 1:
                     conn.rollback()
                     return False
-                cur.execute(_upsert_sql(self.table), values)
+                values[0] = self.row_id(analysis.message_id, message_key)
+                cur.execute(_insert_sql(self.table, "%s"), values)
             conn.commit()
             return True
         except BaseException:

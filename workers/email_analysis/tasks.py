@@ -9,7 +9,9 @@ Two queues, so storage problems never hold up analysis and vice versa:
     the reason. Bad MIME is not an error: it is analysed and marked broken.
 ``email.store``
     :func:`store_result` upserts the result by Message-ID, so running it twice
-    for the same message (at-least-once delivery) leaves one row.
+    for the same message (at-least-once delivery) leaves one row; a message the
+    ingress accepted is stored once, never over another message that reused its
+    Message-ID (:meth:`.store.ResultStore.upsert_once`).
 ``email.flagged``
     A message scoring :data:`FLAG_SCORE` or more is also published as the event
     ``email.flagged`` (a :class:`FlaggedEmail`); :func:`record_flagged` subscribes
@@ -114,6 +116,9 @@ def ingest(path: str, message_id: str, message_key: str | None = None) -> None:
     if root is None:
         raise UnreadableMessageError(
             path, "EMAIL_ANALYSIS_MAILDIR is not set: ingest reads only below it")
+    if message_key is not None and not os.path.lexists(path):
+        # The ingress may have pointed its record at a new copy of a lost file.
+        path = store.default_store().recorded_path(message_key) or path
     raw = read_message_file(path, root=root)
     result = analyse(raw, message_id, config=_config())
     store_result.send(analysis=result, message_key=message_key)

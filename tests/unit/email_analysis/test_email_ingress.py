@@ -16,8 +16,11 @@ from pathlib import Path
 import pytest
 
 from taskwarren import Warren
+from taskwarren.testing import InMemory
+from workers.email_analysis import tasks
 from workers.email_analysis.ingress import Ingress, IngressConfig
 from workers.email_analysis.intake import INGRESS_TABLE, Intake, identify
+from workers.email_analysis.store import SQLiteStore
 
 MESSAGE = (b"From: Ann <ann@example.com>\r\nTo: bob@example.org\r\n"
            b"Message-ID: <one@example.com>\r\nSubject: hello\r\n\r\nHello Bob.\r\n")
@@ -223,3 +226,127 @@ def test_the_command_refuses_a_job_store_other_than_the_results_store(
     assert result.exit_code == 2
     assert "TASKWARREN_STORE_URL must name the same database" in result.output
     assert not (tmp_path / "m").exists()
+
+
+def test_a_redelivery_whose_recorded_file_is_gone_before_analysis_is_kept_and_analysed(
+        ingress: Running, monkeypatch: pytest.MonkeyPatch, taskwarren_memory: InMemory) -> None:
+
+    assert send(ingress, MESSAGE)[0] == 250
+    [lost] = ingress.new_files()
+    lost.unlink()  # the file the job names is gone (a disk fault, an operator)
+    assert send(ingress, MESSAGE)[0] == 250
+    [kept] = ingress.new_files()
+    assert ingress.query(f"SELECT path FROM {INGRESS_TABLE}") == [(str(kept),)]
+    assert ingress.query("SELECT COUNT(*) FROM taskwarren_outbox") == [(1,)]
+    # The job still names the lost file; ingest reads the one the record points at.
+    monkeypatch.setenv("EMAIL_ANALYSIS_DB", str(ingress.db))
+    monkeypatch.setenv("EMAIL_ANALYSIS_MAILDIR", str(ingress.maildir))
+    tasks.ingest.send(path=str(lost), message_id="<one@example.com>",
+                      message_key=identify(MESSAGE).key)
+    taskwarren_memory.run()
+    with SQLiteStore(ingress.db) as results:
+        stored = results.get("<one@example.com>")
+    assert stored is not None and stored.subject == "hello"
+
+
+def test_sessions_beyond_the_cap_are_answered_421_and_a_closed_one_frees_its_place(
+        tmp_path: Path) -> None:
+    running = Running(tmp_path, max_sessions=2)
+    open_sessions = [running.smtp(), running.smtp()]
+    try:
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            running.smtp()
+        assert refused.value.smtp_code == 421
+        open_sessions.pop().quit()
+        deadline = time.monotonic() + 5
+        while True:  # the server sees the QUIT's close a moment after the 221
+            try:
+                open_sessions.append(running.smtp())
+                break
+            except smtplib.SMTPConnectError:
+                assert time.monotonic() < deadline, "the closed session kept its place"
+                time.sleep(0.05)
+        assert open_sessions[-1].ehlo()[0] == 250
+    finally:
+        for client in open_sessions:
+            client.close()
+        running.ingress.stop()
+
+
+def test_an_accept_that_times_out_before_a_thread_takes_it_is_dropped_not_run_later(
+        tmp_path: Path) -> None:
+    import threading
+
+    running = Running(tmp_path, timeout_s=5.0, threads=1, accept_timeout_s=0.5)
+    blocker = sqlite3.connect(running.db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the one thread waits for SQLite's write lock
+    first = threading.Thread(target=send, args=(running, MESSAGE))
+    try:
+        first.start()
+        time.sleep(0.2)  # the first accept holds the only thread
+        code, _ = send(running, MESSAGE.replace(b"<one@", b"<two@"))
+        assert code == 451  # queued behind it past the timeout
+        blocker.execute("ROLLBACK")
+        first.join(10)
+    finally:
+        if blocker.in_transaction:
+            blocker.execute("ROLLBACK")
+        blocker.close()
+        running.ingress.stop()  # waits for the pool
+    # The first (already running) committed late; the second never ran.
+    assert running.query(f"SELECT message_id FROM {INGRESS_TABLE}") == [("<one@example.com>",)]
+    assert len(running.new_files()) == 1
+
+
+def test_an_unexpected_error_is_answered_451_without_its_text(
+        ingress: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.email_analysis import ingress as module
+
+    def broken(data: bytes) -> object:
+        raise RuntimeError("internal detail /etc/secret")
+
+    monkeypatch.setattr(module, "identify", broken)
+    code, text = send(ingress, MESSAGE)
+
+    assert (code, b"secret" in text) == (451, False)
+    assert ingress.new_files() == []
+
+
+def test_an_unexpected_error_over_lmtp_is_answered_451_once_per_recipient(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.email_analysis import ingress as module
+
+    def broken(data: bytes) -> object:
+        raise RuntimeError("internal detail")
+
+    monkeypatch.setattr(module, "identify", broken)
+    running = Running(tmp_path, lmtp=True)
+    try:
+        client = smtplib.LMTP("127.0.0.1", running.ingress.port, timeout=30)
+        try:
+            client.ehlo()
+            client.mail("ann@example.com")
+            for rcpt in ("bob@example.org", "carol@example.org"):
+                client.rcpt(rcpt)
+            replies = [client.data(MESSAGE)[0], client.getreply()[0]]
+            assert client.noop()[0] == 250  # the session goes on
+        finally:
+            client.quit()
+    finally:
+        running.ingress.stop()
+
+    assert replies == [451, 451]
+
+
+def test_stopping_closes_the_sessions_left_open_and_a_second_stop_is_harmless(
+        tmp_path: Path) -> None:
+    running = Running(tmp_path)
+    idle = running.smtp()
+    try:
+        idle.ehlo()
+        running.ingress.stop()
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            idle.noop()
+        running.ingress.stop()  # the loop has ended: nothing to do, no error
+    finally:
+        idle.close()

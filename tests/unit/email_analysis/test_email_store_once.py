@@ -32,12 +32,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def results(db_url: str) -> Iterator[ResultStore]:
+def results(db_url: str, tmp_path: Path) -> Iterator[ResultStore]:
     intake = Intake(db_url, Warren("memory://", store_url=db_url, jobs=True))
     intake.prepare()
+    first, second = tmp_path / "1", tmp_path / "2"
+    first.write_bytes(RAW)  # a duplicate is one whose recorded file is still there
+    second.write_bytes(RAW)
     try:
-        assert intake.accept(identify(RAW), Path("/maildir/new/1"), len(RAW)) is True
-        assert intake.accept(identify(RAW), Path("/maildir/new/2"), len(RAW)) is False
+        assert intake.accept(identify(RAW), first, len(RAW)) is True
+        assert intake.accept(identify(RAW), second, len(RAW)) is False
     finally:
         intake.close()
     target = db_url.removeprefix("sqlite:///")
@@ -70,3 +73,27 @@ def test_an_analysis_for_a_message_the_ingress_never_accepted_fails_loudly_unsto
     with pytest.raises(UnknownIngressMessageError, match="EMAIL_ANALYSIS_DB"):
         results.upsert_once(_analysis(40), "0" * 64)
     assert results.get("<once@example.com>") is None
+
+
+def test_another_message_reusing_the_message_id_gets_a_row_of_its_own(
+        results: ResultStore, db_url: str, tmp_path: Path) -> None:
+    other = RAW.replace(b"body", b"another body")
+    intake = Intake(db_url, Warren("memory://", store_url=db_url, jobs=True))
+    (tmp_path / "3").write_bytes(other)
+    try:
+        assert intake.accept(identify(other), tmp_path / "3", len(other)) is True
+    finally:
+        intake.close()
+    first_key, other_key = identify(RAW).key, identify(other).key
+
+    assert results.upsert_once(_analysis(40), first_key) is True
+    assert results.upsert_once(_analysis(90, later_s=5), other_key) is True
+
+    first = results.get("<once@example.com>")
+    assert first is not None and first.score == 40  # not replaced
+    row = results.row_id("<once@example.com>", other_key)
+    assert row == "<once@example.com> #" + other_key[:32]
+    second = results.get(row)
+    assert second is not None and second.score == 90
+    assert second.message_id == "<once@example.com>"  # the analysis is as it came
+    assert results.count() == 2
