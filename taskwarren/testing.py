@@ -130,6 +130,10 @@ def _drain(app: Warren, queues: Sequence[str] | None, **options: Any) -> list[Re
     try:
         asyncio.get_running_loop()
     except RuntimeError:  # no loop runs in this thread: the usual case
+        in_loop = False  # (drained outside the handler: a task's error has no __context__)
+    else:
+        in_loop = True
+    if not in_loop:
         return _drain_here(app, queues, **options)
     # Called from an async test, whose loop runs in this thread: the async tasks need a
     # loop of their own, so the drain runs in a thread of its own (in the test's context).
