@@ -8,6 +8,7 @@ events waiting there, as the worker's projector would.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import replace
@@ -249,7 +250,7 @@ def test_sqlite_rows_are_plain_sql(shop: Shop, store_url: str) -> None:
     join(shop.app)
     project(shop.app)
     path = store_url.split("sqlite:///", 1)[1]
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         rows = db.execute(f"SELECT state, COUNT(*) FROM {JOBS} GROUP BY state").fetchall()
     assert rows == [("succeeded", 1)], task_id
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -106,7 +107,7 @@ def test_the_demo_on_the_embedded_broker_delivers_through_the_ingress_and_every_
     assert any(line.startswith("demo: 40 messages accepted over SMTP") for line in lines)
     assert len(list((tmp_path / "maildir" / "new").iterdir())) == 40
     db = tmp_path / "email_analysis.db"
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         assert conn.execute("SELECT COUNT(analysed_at) FROM email_ingress").fetchone() == (40,)
         assert conn.execute("SELECT MAX(deliveries) FROM email_analysis").fetchone() == (1,)
     # `taskwarren jobs` shows each message's analysis (the projector may trail the result).

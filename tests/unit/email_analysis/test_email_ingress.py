@@ -7,6 +7,7 @@ outbox); what a relay and a pool then do with the rows is the chaos test's part
 
 from __future__ import annotations
 
+import contextlib
 import smtplib
 import sqlite3
 import time
@@ -46,7 +47,7 @@ class Running:
         return smtplib.SMTP("127.0.0.1", self.ingress.port, timeout=30)
 
     def query(self, sql: str) -> list[tuple[object, ...]]:
-        with sqlite3.connect(self.db) as conn:
+        with contextlib.closing(sqlite3.connect(self.db)) as conn, conn:
             return conn.execute(sql).fetchall()
 
     def new_files(self) -> list[Path]:

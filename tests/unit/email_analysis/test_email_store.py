@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import sqlite3
@@ -153,7 +154,7 @@ def test_email_analysis_db_picks_the_sqlite_file(
 
     assert store.count() == 1
     assert store.summary().total == 1
-    with sqlite3.connect(tmp_path / "env.db") as conn:
+    with contextlib.closing(sqlite3.connect(tmp_path / "env.db")) as conn, conn:
         assert conn.execute("SELECT message_id FROM email_analysis").fetchall() == [("<a@x>",)]
     conn.close()
 
