@@ -24,6 +24,7 @@ CLI finds through this distribution's ``taskwarren.commands`` entry point
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -236,6 +237,9 @@ def run_demo(
     sender.declare(list(QUEUES))
     before = _queue_state(sender.broker)
     intake = Intake(db_url, Warren(broker_url, store_url=db_url, jobs=True))
+    # aiosmtpd logs every SMTP command at INFO ("mail.log"): thousands of lines that
+    # would bury the demo's own output. Its warnings and errors still show.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     ingress = Ingress(IngressConfig(port=0, maildir=maildir), intake)
     ingress.start()
     echo(f"demo: ingress listening on 127.0.0.1:{ingress.port} (SMTP), results in {db_path}")
