@@ -32,10 +32,10 @@ import structlog
 from taskwarren.brokers.base import ACK, REQUEUE, Consumer, Delivery
 from taskwarren.errors import SoftTimeLimitExceeded
 from taskwarren.logs import debug_enabled
-from taskwarren.message import MAX_ECHO_CHARS, clip
+from taskwarren.message import clip
 from taskwarren.middleware import TaskRun
 from taskwarren.task import Task
-from taskwarren.worker.execute import Executor, Result, describe
+from taskwarren.worker.execute import Executor, Result, describe, set_aside
 from taskwarren.worker.limits import Running
 
 if TYPE_CHECKING:
@@ -282,13 +282,7 @@ class AsyncRunner:
             delivery = await inbox.get()
             if delivery is None:
                 return
-            if host.leaving():
-                consumer.settle(delivery, REQUEUE)  # prefetched, not started: hand it back
-                consumer.wakeup()
-                continue
-            if consumer.is_stale(delivery):
-                log.info("delivery.dropped_stale",
-                         task_id=clip(delivery.envelope.message_id, MAX_ECHO_CHARS))
+            if set_aside(consumer, delivery, host.leaving()):
                 continue
             await self._process(consumer, delivery, slot)
             if inbox.empty() and not self._wake_due:

@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from taskwarren.brokers.base import ACK, Ack, Action, Also, Delivery, Republish
+from taskwarren.brokers.base import ACK, REQUEUE, Ack, Action, Also, Consumer, Delivery, Republish
 from taskwarren.errors import (
     ArgumentsError,
     MessageError,
@@ -38,8 +38,17 @@ from taskwarren.middleware.retries import dead_letter, delay_problem, failure_ac
 from taskwarren.task import Task
 from taskwarren.topology import topic_matches
 
-__all__ = ["Executor", "Result", "dead_letter", "delay_problem", "describe", "failure_action",
-           "retry", "with_records"]
+__all__ = [
+    "Executor",
+    "Result",
+    "dead_letter",
+    "delay_problem",
+    "describe",
+    "failure_action",
+    "retry",
+    "set_aside",
+    "with_records",
+]
 
 log = structlog.get_logger("taskwarren.worker")
 
@@ -318,3 +327,20 @@ def _check_not_awaitable(value: object) -> None:
             close()  # no "never awaited" warning: we say so ourselves
         raise TypeError("the task's plain function returned an awaitable, which nothing "
                         "awaits (the work it stands for never ran): declare it async def")
+
+
+def set_aside(consumer: Consumer, delivery: Delivery, leaving: bool) -> bool:
+    """Deal with a delivery that must not start; True if it was one.
+
+    A child that is leaving hands it back unstarted. One prefetched over a link that
+    broke is dropped: the broker has handed it out again.
+    """
+    if leaving:
+        consumer.settle(delivery, REQUEUE)
+        consumer.wakeup()
+        return True
+    if consumer.is_stale(delivery):
+        log.info("delivery.dropped_stale",
+                 task_id=clip(delivery.envelope.message_id, MAX_ECHO_CHARS))
+        return True
+    return False

@@ -30,7 +30,7 @@ from taskwarren.middleware.jobs import take_cancel_request
 from taskwarren.middleware.poison import poison_action
 from taskwarren.middleware.time_limit import consumer_timeout_s, warn_about_long_tasks
 from taskwarren.worker.aio import ABANDON_GRACE_S, AsyncRunner, room, wants_loop
-from taskwarren.worker.execute import Executor, describe, with_records
+from taskwarren.worker.execute import Executor, describe, set_aside, with_records
 from taskwarren.worker.gate import Gate
 from taskwarren.worker.limits import Running
 from taskwarren.worker.prefetch import QueueState
@@ -272,14 +272,7 @@ class WorkerChild:
             delivery = inbox.get()
             if delivery is None:
                 return
-            if self._stopping:
-                consumer.settle(delivery, REQUEUE)  # prefetched, not started: hand it back
-                consumer.wakeup()
-                continue
-            if consumer.is_stale(delivery):
-                # Prefetched over a link that broke: the broker has handed it out again.
-                log.info("delivery.dropped_stale",
-                         task_id=clip(delivery.envelope.message_id, MAX_ECHO_CHARS))
+            if set_aside(consumer, delivery, self._stopping):
                 continue
             if not self._process(consumer, delivery, thread_index):
                 return  # the I/O thread settled it past the hard limit; we are abandoned
