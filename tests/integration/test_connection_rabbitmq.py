@@ -169,6 +169,30 @@ def test_a_consumer_rpc_over_a_stalled_link_ends_by_its_deadline(
 
 
 @pytest.mark.rabbitmq
+def test_a_consumer_gets_in_to_a_broker_slower_to_answer_than_one_poll_allows(
+    proxy: FaultyProxy,
+) -> None:
+    # The broker answers a new connection after 1.5 s, longer than the poll's own
+    # timeout and the one second it allows for reconnecting: the attempt still runs to
+    # connect_timeout_s (10 s), not to the poll's deadline.
+    queue = unique_queue()
+    broker = RabbitMQBroker(Settings.from_env({}, url=proxy.url()))
+    consumer = broker.consumer()
+    proxy.open_delay_s = 1.5
+    try:
+        consumer.consume(queue, 1)
+        deadline = time.monotonic() + 30
+        while consumer_count(queue) != 1:
+            assert time.monotonic() < deadline, "the consumer never got in"
+            consumer.poll(0.1)
+    finally:
+        proxy.open_delay_s = 0.0
+        consumer.close()
+        broker.close()
+        delete_queues(queue)
+
+
+@pytest.mark.rabbitmq
 def test_the_heartbeat_of_the_url_query_is_the_one_used(proxy: FaultyProxy) -> None:
     # TASKWARREN_HEARTBEAT_S stays at 30 s; the URL asks for 2 s: a stalled link is
     # then given up after two missed heartbeats, not after a minute.

@@ -54,8 +54,13 @@ class Inbox:
         for delivery in self.consumer.poll(0.1):
             self.arrived[delivery.envelope.message_id] = delivery
 
-    def take(self, message_id: str, timeout_s: float = 10.0) -> Delivery:
-        """The delivery of ``message_id``, once it arrived."""
+    def take(self, message_id: str, timeout_s: float = 30.0) -> Delivery:
+        """The delivery of ``message_id``, once it arrived.
+
+        The first one waits for the consumer's connection too: on a loaded machine (CI
+        runs three pytests and private broker nodes side by side) one attempt may time
+        out and the next come after a backoff.
+        """
         self.until(lambda: message_id in self.arrived, timeout_s, f"{message_id} delivered")
         return self.arrived.pop(message_id)
 

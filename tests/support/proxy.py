@@ -26,6 +26,9 @@ class FaultyProxy:
         self._lock = threading.Lock()
         self._closed = False
         self._stalled_until = 0.0
+        #: Seconds the broker's first bytes on a new link wait before they are passed on
+        #: (a broker slow to answer a connection: loaded, or asking an LDAP server).
+        self.open_delay_s = 0.0
         self.accepted = 0
         threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
 
@@ -52,6 +55,7 @@ class FaultyProxy:
 
     def _pump(self, a: socket.socket, b: socket.socket) -> None:
         peer = {a: b, b: a}
+        answered = False
         try:
             while not self._closed:
                 pause = self._stalled_until - time.monotonic()
@@ -63,6 +67,9 @@ class FaultyProxy:
                     data = sock.recv(65536)
                     if not data:
                         return
+                    if sock is b and not answered:
+                        answered = True
+                        time.sleep(self.open_delay_s)
                     peer[sock].sendall(data)
         except (OSError, ValueError):
             return
