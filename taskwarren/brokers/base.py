@@ -156,6 +156,11 @@ class QueueStats:
 class Consumer(abc.ABC):
     """Deliveries from some queues, for one worker process."""
 
+    #: Whether :meth:`poll` (and :meth:`consume`) may be called from another thread than
+    #: the one that made the consumer, one thread at a time: a worker child's idle
+    #: executor then polls itself (``worker/turns.py``).
+    polls_from_any_thread = False
+
     @abc.abstractmethod
     def consume(self, queue: str, prefetch: int, timeout_s: float | None = None) -> None:
         """Start (or, with a new prefetch, restart) delivery from ``queue``.

@@ -174,6 +174,8 @@ class MemoryBroker(Broker):
 class MemoryConsumer(Consumer):
     """A consumer of a :class:`MemoryBroker`."""
 
+    polls_from_any_thread = True
+
     def __init__(self, broker: MemoryBroker) -> None:
         self._broker = broker
         # What each held delivery is: its envelope and how often it was delivered before.

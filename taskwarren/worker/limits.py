@@ -17,9 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
+
 from taskwarren.brokers.base import Delivery
 from taskwarren.errors import SoftTimeLimitExceeded
 from taskwarren.task import Task
+
+log = structlog.get_logger("taskwarren.worker")
 
 
 @dataclass(slots=True)
@@ -94,3 +98,35 @@ class Running:
                     self.soft_sent = True
                     ctypes.pythonapi.PyThreadState_SetAsyncExc(
                         ctypes.c_ulong(self.thread_ident), ctypes.py_object(SoftTimeLimitExceeded))
+
+
+def enforce(running: dict[int, Running], lock: threading.Lock,
+            settle: Callable[[Running, Task[Any, Any]], None], grace_s: float,
+            replacing: bool) -> bool:
+    """Send the soft limits that are due and settle the runs past their hard one.
+
+    ``settle(run, task)`` settles a run past its hard limit; a plain task's thread
+    cannot be stopped, so the child must then be replaced, and an async task that is
+    still running ``grace_s`` after its cancel too. Returns whether it must be.
+    """
+    now = time.monotonic()
+    with lock:
+        runs = list(running.values())
+    replace = False
+    for run in runs:
+        if now >= run.abandon_by and not (replacing or replace):  # it swallowed the
+            log.error("task.cancel_ignored", waited_s=grace_s)  # cancel, or blocks the loop
+            replace = True
+        run.send_soft_limit(lock, now)
+        if now >= run.hard_deadline and run.task is not None:
+            with lock:
+                if run.claimed or run.finished or run.thread_ident not in running:
+                    continue
+                run.claimed = True
+            settle(run, run.task)
+            if run.cancel is None:
+                replace = True  # a thread cannot be killed: replace the process
+            else:
+                run.abandon_by = now + grace_s
+                run.cancel()
+    return replace

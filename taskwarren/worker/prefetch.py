@@ -8,7 +8,12 @@ rather than behind a long task in this child's buffer.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+
+import structlog
+
+log = structlog.get_logger("taskwarren.worker")
 
 #: Seconds of work each consumer keeps buffered when the prefetch adapts.
 PREFETCH_BUFFER_S = 0.05
@@ -41,3 +46,16 @@ class QueueState:
         if wanted >= self.prefetch * 2 or wanted * 2 <= self.prefetch:
             return wanted
         return None
+
+
+def adapt(states: Mapping[str, QueueState], room: Mapping[str, int],
+          consume: Callable[[str, int], None]) -> None:
+    """Restart the consumer of each queue whose tasks' durations call for a new prefetch
+    (``room``: the tasks a queue's deliveries may run at once, its floor)."""
+    for name, state in states.items():
+        wanted = state.wanted(room[name])
+        if wanted is not None:
+            log.debug("worker.prefetch_changed", queue=name, prefetch=wanted,
+                      avg_task_s=state.avg_s)
+            state.prefetch = wanted
+            consume(name, wanted)

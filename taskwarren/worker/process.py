@@ -1,7 +1,8 @@
 """One worker child: its own broker connection, an I/O thread, and executor threads.
 
 The main thread is the I/O thread: it alone touches the connection (py-amqp is not
-thread-safe). It polls deliveries, hands them to the executor threads, carries out
+thread-safe), but lends it to a lone idle executor thread (turns.py, for latency).
+It polls deliveries, hands them to the executor threads, carries out
 their settlements (acks coalesced, republishes confirmed first), keeps heartbeats
 flowing during long tasks, enforces time limits and adapts the prefetch.
 """
@@ -32,10 +33,11 @@ from taskwarren.middleware.time_limit import consumer_timeout_s, warn_about_long
 from taskwarren.worker.aio import ABANDON_GRACE_S, AsyncRunner, room, wants_loop
 from taskwarren.worker.execute import Executor, describe, set_aside, with_records
 from taskwarren.worker.gate import Gate
-from taskwarren.worker.limits import Running
-from taskwarren.worker.prefetch import QueueState
+from taskwarren.worker.limits import Running, enforce
+from taskwarren.worker.prefetch import QueueState, adapt
 from taskwarren.worker.presence import Presence
 from taskwarren.worker.shared import Heartbeats, KillRecord, RunningSlots
+from taskwarren.worker.turns import Turn
 
 __all__ = ["EXIT_CRASHED", "EXIT_REPLACE", "STOP_SIGNALS", "WorkerChild", "consumer_timeout_s",
            "warn_about_long_tasks"]
@@ -97,7 +99,7 @@ class WorkerChild:
         self.kills = kills
         self.grace_s = grace_s
         self.executor = Executor(app.tasks, app.settings.max_message_bytes, app.middleware)
-        self._inbox: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[Delivery | Turn | None] = queue.SimpleQueue()
         self.running: dict[int, Running] = {}
         self.lock = threading.Lock()
         self._stopping = self._replace = False
@@ -111,6 +113,9 @@ class WorkerChild:
         self._consumer: Consumer | None = None
         self.gate = Gate(self.leaving, threads if self.aio is None else 0)  # 0: the loop's too
         self._duties_at, self._deadline = 0.0, math.inf  # duties due; nearest time limit
+        self._reconnects = 0
+        # One executor thread, no loop: when idle it polls the consumer itself (turns.py).
+        self._turn = Turn(self._inbox) if threads == 1 and self.aio is None else None
         self.presence = Presence(index, queues, threads, lambda: len(self.running),
                                  async_concurrency if self.aio else 0)
         self._workers: list[threading.Thread] = []
@@ -147,7 +152,8 @@ class WorkerChild:
         if self.aio is not None:
             self.aio.start(consumer)
         log.info("worker.child_started", child=self.index, pid=os.getpid(), queues=self.queues)
-        reconnects = 0
+        if not consumer.polls_from_any_thread:
+            self._turn = None
         self._duties_at = time.monotonic() + DUTIES_EVERY_S  # the first ones too wait
         polled: list[Delivery] = []
         while not self._stopping and not self._replace:
@@ -162,33 +168,47 @@ class WorkerChild:
             # Handed over just before this thread blocks in poll: the executor it wakes
             # finds the GIL free instead of waiting for it a second time.
             self._hand_over(polled)
-            # Cancel requests (broadcasts: never from a task queue) are taken here, in the
-            # I/O thread, never behind a busy task.
-            polled = [d for d in consumer.poll(timeout_s)
-                      if d.queue in self._queues or not take_cancel_request(d, consumer)]
-            if polled and self._admits:
-                self.middleware.admit(polled)
+            if self._turn is not None and self._turn.lend():
+                self._turn.wait_back(self._executors_lost)
+                polled = []
+                continue
+            polled = self._receive(consumer, timeout_s)
             now = time.monotonic()
             if polled and now < self._duties_at and now < self._deadline:
                 # Hand them over first: no executor starts until this thread blocks (the
                 # GIL). An executor that finds its inbox empty wakes it for the duties.
                 continue
-            self._duties_at = now + DUTIES_EVERY_S
-            if self.heartbeats is not None and not self._broken:
-                self.heartbeats.beat(self.index, now)
-            self.presence.announce(consumer)
-            lost = getattr(consumer, "reconnects", 0)
-            if lost != reconnects:
-                reconnects = lost
-                self.middleware.reconnected()
-            self._enforce_limits()
-            if self.pinned_prefetch is None:
-                self._adapt_prefetch()
+            self._duties(consumer, now)
         self._hand_over(polled)  # the stopping executors hand them back
         return self._shutdown(consumer)
 
+    def _receive(self, consumer: Consumer, timeout_s: float) -> list[Delivery]:
+        # Cancel requests (broadcasts: never from a task queue) are taken here, by the
+        # thread polling, never behind a busy task.
+        polled = [d for d in consumer.poll(timeout_s)
+                  if d.queue in self._queues or not take_cancel_request(d, consumer)]
+        if polled and self._admits:
+            self.middleware.admit(polled)
+        return polled
+
+    def _duties(self, consumer: Consumer, now: float) -> None:
+        self._duties_at = now + DUTIES_EVERY_S
+        if self.heartbeats is not None and not self._broken:
+            self.heartbeats.beat(self.index, now)
+        self.presence.announce(consumer)
+        lost = getattr(consumer, "reconnects", 0)
+        if lost != self._reconnects:
+            self._reconnects = lost
+            self.middleware.reconnected()
+        self._enforce_limits()
+        if self.pinned_prefetch is None:
+            self._adapt_prefetch()
+
     def _hand_over(self, deliveries: list[Delivery]) -> None:
         """Give each delivery to the executor threads, or an async task's to the loop."""
+        if self._turn is not None:
+            self._turn.hand(deliveries)
+            return
         loop: list[Delivery | None] = []
         for delivery in deliveries:
             if self.aio is not None and wants_loop(self.executor, delivery):
@@ -267,16 +287,22 @@ class WorkerChild:
     def _work_loop(self, thread_index: int) -> None:
         consumer = self._consumer
         assert consumer is not None
-        inbox = self._inbox
+        inbox, turn = self._inbox, self._turn
         while True:
+            if turn is not None and turn.ask():
+                consumer.wakeup()  # the I/O thread lends the consumer, or does its duties
             delivery = inbox.get()
             if delivery is None:
                 return
+            if isinstance(delivery, Turn):  # the consumer, lent while this thread idles
+                delivery.use(lambda: self._receive(consumer, POLL_MAX_S),
+                             lambda: self._duties(consumer, time.monotonic()), self.leaving)
+                continue
             if set_aside(consumer, delivery, self._stopping):
                 continue
             if not self._process(consumer, delivery, thread_index):
                 return  # the I/O thread settled it past the hard limit; we are abandoned
-            if inbox.empty():
+            if turn is None and inbox.empty():
                 consumer.wakeup()
 
     def _process(self, consumer: Consumer, delivery: Delivery, thread_index: int) -> bool:
@@ -360,34 +386,13 @@ class WorkerChild:
     # -- I/O thread duties -------------------------------------------------------------------
 
     def _enforce_limits(self) -> None:
-        now = time.monotonic()
-        with self.lock:
-            runs = list(self.running.values())
-        for run in runs:
-            if now >= run.abandon_by and not self._replace:  # it swallowed the cancel,
-                log.error("task.cancel_ignored", waited_s=ABANDON_GRACE_S)  # or blocks the loop
-                self._replace = True
-            run.send_soft_limit(self.lock, now)
-            if now >= run.hard_deadline and run.task is not None:
-                with self.lock:
-                    if run.claimed or run.finished or run.thread_ident not in self.running:
-                        continue
-                    run.claimed = True
-                assert self._consumer is not None
-                self._consumer.settle(run.delivery,
-                                      self.executor.past_hard_limit(run.task, run.delivery))
-                if run.cancel is None:
-                    self._replace = True  # a thread cannot be killed: replace the process
-                else:
-                    run.abandon_by = now + ABANDON_GRACE_S
-                    run.cancel()
+        assert self._consumer is not None
+        consumer, executor = self._consumer, self.executor
+        if enforce(self.running, self.lock, lambda run, task: consumer.settle(
+                run.delivery, executor.past_hard_limit(task, run.delivery)),
+                ABANDON_GRACE_S, self._replace):
+            self._replace = True
 
     def _adapt_prefetch(self) -> None:
         assert self._consumer is not None
-        for name, state in self._queues.items():
-            wanted = state.wanted(self._room[name])
-            if wanted is not None:
-                log.debug("worker.prefetch_changed", queue=name, prefetch=wanted,
-                          avg_task_s=state.avg_s)
-                state.prefetch = wanted
-                self._consumer.consume(name, wanted)
+        adapt(self._queues, self._room, self._consumer.consume)

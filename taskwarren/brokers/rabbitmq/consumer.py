@@ -62,6 +62,8 @@ class RabbitMQConsumer(Consumer):
     go over a second connection (:class:`~taskwarren.brokers.rabbitmq.outbound.Outbound`).
     """
 
+    polls_from_any_thread = True
+
     def __init__(self, settings: Settings, endpoints: list[Endpoint]) -> None:
         self.settings = settings
         self._link = Link(settings, endpoints, heartbeat=True)

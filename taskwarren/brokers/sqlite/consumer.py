@@ -51,6 +51,8 @@ class SQLiteConsumer(Consumer):
     one transaction together with the next batch of deliveries.
     """
 
+    polls_from_any_thread = True
+
     def __init__(self, broker: SQLiteBroker) -> None:
         self._broker = broker
         self.owner = new_owner()

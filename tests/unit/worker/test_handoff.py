@@ -61,7 +61,8 @@ def test_deliveries_are_handed_over_just_before_the_io_thread_polls_again(
     beats = Heartbeats(1)
     beat = beats.beat
     monkeypatch.setattr(beats, "beat", lambda *a: (io.steps.append("beat"), beat(*a)))
-    child = WorkerChild(app, ["handoff"], 0, 1, None, RunningSlots(1, 1), KillRecord(),
+    # Two executor threads: with one, an idle executor polls itself (test_turns.py).
+    child = WorkerChild(app, ["handoff"], 0, 2, None, RunningSlots(1, 2), KillRecord(),
                         grace_s=5.0, heartbeats=beats)
     inbox = child._inbox
     put = inbox.put

@@ -1,0 +1,203 @@
+"""A child with one executor thread lends its consumer to that thread while it idles.
+
+The executor then polls and runs what arrives in its own thread (no hand-over), and
+gives the consumer back before the task starts: while a task runs, the I/O thread
+polls (heartbeats, settlements, time limits). One thread at a time polls.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from taskwarren import Warren
+from taskwarren.brokers.base import Delivery
+from taskwarren.worker.process import WorkerChild
+from taskwarren.worker.shared import Heartbeats, KillRecord, RunningSlots
+from taskwarren.worker.turns import Turn
+
+
+class Polls:
+    """Who polled, when, and whether two threads ever polled at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.inside = 0
+        self.overlaps = 0
+        self.calls: list[tuple[int, float, float, int]] = []  # thread, start, end, got
+
+    def wrap(self, poll: Any) -> Any:
+        def recorded(timeout_s: float) -> list[Delivery]:
+            with self.lock:
+                self.inside += 1
+                self.overlaps += self.inside > 1
+            started = time.monotonic()
+            try:
+                got: list[Delivery] = poll(timeout_s)
+            finally:
+                with self.lock:
+                    self.inside -= 1
+            self.calls.append((threading.get_ident(), started, time.monotonic(), len(got)))
+            return got
+        return recorded
+
+
+def run_child(app: Warren, monkeypatch: pytest.MonkeyPatch, polls: Polls,
+              threads: int = 1) -> tuple[WorkerChild, Heartbeats]:
+    make_consumer = app.broker.consumer
+
+    def consumer() -> Any:
+        real = make_consumer()
+        real.poll = polls.wrap(real.poll)  # type: ignore[method-assign]
+        return real
+
+    monkeypatch.setattr(app.broker, "consumer", consumer)
+    beats = Heartbeats(1)
+    child = WorkerChild(app, ["turns"], 0, threads, None, RunningSlots(1, threads),
+                        KillRecord(), grace_s=5.0, heartbeats=beats)
+    return child, beats
+
+
+def run_to_end(child: WorkerChild) -> int:
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        return child.run()
+    finally:
+        signal.signal(signal.SIGTERM, handlers[0])
+        signal.signal(signal.SIGINT, handlers[1])
+
+
+def test_an_idle_executor_polls_and_runs_what_arrives_in_its_own_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = Warren(url="memory://")
+    polls = Polls()
+    ran: dict[int, int] = {}
+    child: WorkerChild | None = None
+    io_thread = threading.get_ident()  # run() below runs the I/O loop in this thread
+
+    @app.task(queue="turns", name="turns.short")
+    def short(n: int) -> None:
+        ran[n] = threading.get_ident()
+        if len(ran) == 20 and child is not None:
+            child._on_signal(signal.SIGTERM, None)
+
+    def send_later() -> None:
+        for n in range(20):
+            time.sleep(0.02)  # the executor idles, holding the consumer, in between
+            short.send(n)
+
+    child, beats = run_child(app, monkeypatch, polls)
+    sender = threading.Thread(target=send_later)
+    sender.start()
+    try:
+        assert run_to_end(child) == 0
+    finally:
+        sender.join()
+        app.close()
+
+    assert len(ran) == 20
+    executor = {ident for ident in ran.values()}
+    assert len(executor) == 1 and io_thread not in executor
+    # Most deliveries were received by the executor itself, which then ran them.
+    got_by_executor = sum(got for ident, _, _, got in polls.calls if ident in executor)
+    assert got_by_executor >= 15, polls.calls
+    assert polls.overlaps == 0
+    assert beats.ages(time.monotonic())[0] < 5.0  # the duties ran (whoever held the consumer)
+
+
+def test_while_a_task_runs_the_io_thread_has_the_consumer_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = Warren(url="memory://")
+    polls = Polls()
+    window: list[float] = []
+    child: WorkerChild | None = None
+    io_thread = threading.get_ident()
+
+    @app.task(queue="turns", name="turns.long")
+    def long(n: int) -> None:
+        window.append(time.monotonic())
+        time.sleep(1.5)
+        window.append(time.monotonic())
+        if child is not None:
+            child._on_signal(signal.SIGTERM, None)
+
+    long.send(1)
+    child, _ = run_child(app, monkeypatch, polls)
+    try:
+        assert run_to_end(child) == 0
+    finally:
+        app.close()
+
+    start, end = window
+    during = [c for c in polls.calls if c[1] >= start and c[2] <= end]
+    assert during and all(ident == io_thread for ident, _, _, _ in during), polls.calls
+    assert polls.overlaps == 0
+
+
+def test_a_stop_reaches_an_executor_holding_the_consumer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = Warren(url="memory://")
+
+    @app.task(queue="turns", name="turns.never")
+    def never(n: int) -> None:
+        raise AssertionError("nothing was sent")
+
+    polls = Polls()
+    child, _ = run_child(app, monkeypatch, polls)
+    timer = threading.Timer(0.5, child._on_signal, (signal.SIGTERM, None))
+    timer.start()
+    started = time.monotonic()
+    try:
+        assert run_to_end(child) == 0
+    finally:
+        timer.cancel()
+        app.close()
+    assert time.monotonic() - started < 3.0
+    # The executor held the consumer while idle: it was polling when the stop came.
+    assert any(ident != threading.get_ident() for ident, _, _, _ in polls.calls)
+
+
+def test_deliveries_handed_to_an_executor_that_asked_cancel_its_ask() -> None:
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    turn = Turn(inbox)
+    assert turn.ask()  # idle, inbox empty
+    turn.hand([object()])  # type: ignore[list-item]
+    assert not turn.lend()  # it has work: the I/O thread keeps the consumer
+    inbox.get()
+    assert not turn.lend()  # still not: it never asked again (it is running that one)
+    assert turn.ask()
+    assert turn.lend()
+    assert isinstance(inbox.get(), Turn)
+    assert not turn.lend()  # lent once per ask
+
+
+def test_two_executor_threads_keep_the_hand_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = Warren(url="memory://")
+    polls = Polls()
+    done = threading.Event()
+    child: WorkerChild | None = None
+    io_thread = threading.get_ident()
+
+    @app.task(queue="turns", name="turns.pair")
+    def pair(n: int) -> None:
+        if n == 1 and child is not None:
+            child._on_signal(signal.SIGTERM, None)
+            done.set()
+
+    pair.send(0)
+    pair.send(1)
+    child, _ = run_child(app, monkeypatch, polls, threads=2)
+    try:
+        assert run_to_end(child) == 0
+    finally:
+        app.close()
+    assert done.is_set()
+    assert {ident for ident, _, _, _ in polls.calls} == {io_thread}
