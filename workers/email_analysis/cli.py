@@ -1,7 +1,9 @@
 """``taskwarren-email``: the email pipeline's own commands (the ingress).
 
 ``taskwarren-email ingress --listen 127.0.0.1:10025 --maildir DIR [--lmtp]`` runs the
-SMTP (or LMTP) ingress of :mod:`.ingress` until SIGTERM or SIGINT.
+SMTP (or LMTP) ingress of :mod:`.ingress` until SIGTERM or SIGINT;
+``taskwarren-email prune --maildir DIR --older-than DAYS`` removes the files of messages
+analysed longer ago (:mod:`.prune`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from .ingress import IngressConfig, parse_listen, run_forever
 from .intake import Intake, UnavailableError, store_url_of
 from .store import DEFAULT_DB
 
-__all__ = ["ingress_command", "main"]
+__all__ = ["ingress_command", "main", "prune_command"]
 
 
 def _listen(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, int]:
@@ -74,6 +76,30 @@ def ingress_command(listen: tuple[str, int], maildir: Path, lmtp: bool, db: str 
         raise click.ClickException(f"cannot start: {exc}") from None
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+@main.command("prune")
+@click.option("--maildir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              required=True, help="The ingress's Maildir.")
+@click.option("--older-than", "older_than_days", type=click.FloatRange(min=0), required=True,
+              help="Days since a message's analysis was stored (0: every analysed message).")
+@click.option("--db", default=None,
+              help="Results store (default: EMAIL_ANALYSIS_DB, else email_analysis.db).")
+def prune_command(maildir: Path, older_than_days: float, db: str | None) -> None:
+    """Remove the Maildir files of messages analysed over --older-than days ago.
+
+    Messages not analysed yet stay, however old. Run it from cron, say daily.
+    """
+    from .prune import OutsideMaildirError, prune
+    from .store import open_store
+
+    with open_store(db) as store:
+        try:
+            removed = prune(store, maildir, older_than_days * 86400)
+        except OutsideMaildirError as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"removed {removed} message file(s) analysed over {older_than_days:g} "
+               "day(s) ago")
 
 
 if __name__ == "__main__":

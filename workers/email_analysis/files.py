@@ -18,6 +18,7 @@ __all__ = [
     "UnreadableMessageError",
     "maildir_root",
     "max_message_bytes",
+    "moved_in_maildir",
     "read_message_file",
 ]
 
@@ -51,7 +52,7 @@ def maildir_root(environ: Mapping[str, str] | None = None) -> Path | None:
     return Path(raw) if raw else None
 
 
-def _moved_in_maildir(path: Path) -> Path | None:
+def moved_in_maildir(path: Path) -> Path | None:
     """A Maildir message is moved from ``new/`` to ``cur/`` when a client sees it.
 
     ``new/NAME`` then lives on as ``cur/NAME:2,FLAGS``; find it there. The name is
@@ -128,7 +129,7 @@ def read_message_file(
         try:
             fd = _open(target, root)
         except FileNotFoundError:
-            moved = _moved_in_maildir(target)
+            moved = moved_in_maildir(target)
             if moved is None:
                 raise UnreadableMessageError(path, "no such file") from None
             fd = _open(_confined(path, moved, root), root)

@@ -227,6 +227,35 @@ class ResultStore(ABC):
             (message_key,))
         return None if found is None else str(found)
 
+    def analysed(self, message_key: str) -> bool:
+        """Whether the ingress message ``message_key`` has its analysis stored."""
+        found = self._scalar(
+            f"SELECT COUNT(*) FROM {INGRESS_TABLE} WHERE message_key = {self._mark} "
+            "AND analysed_at IS NOT NULL", (message_key,))
+        return bool(found)
+
+    def analysed_files(self, before: float, limit: int) -> list[tuple[str, str]]:
+        """``(message key, path)`` of ingress messages analysed before ``before`` (epoch
+        seconds) whose file is still recorded, oldest first, at most ``limit``."""
+        cursor = self._connection().cursor()
+        try:
+            cursor.execute(
+                f"SELECT message_key, path FROM {INGRESS_TABLE} WHERE analysed_at < "
+                f"{self._mark} AND path <> '' ORDER BY analysed_at LIMIT {int(limit)}",
+                (before,))
+            return [(str(key), str(path)) for key, path in cursor.fetchall()]
+        finally:
+            cursor.close()
+
+    def forget_file(self, message_key: str) -> None:
+        """Record that an analysed message's file is gone (its path becomes empty)."""
+        cursor = self._connection().cursor()
+        try:
+            cursor.execute(f"UPDATE {INGRESS_TABLE} SET path = '' WHERE message_key = "
+                           f"{self._mark} AND analysed_at IS NOT NULL", (message_key,))
+        finally:
+            cursor.close()
+
     def row_id(self, message_id: str, message_key: str) -> str:
         """The row an ingress message's analysis goes to: its Message-ID, or, when a row
         of that Message-ID exists (another message's), the Message-ID and the key.

@@ -33,7 +33,7 @@ from functools import lru_cache
 import structlog
 from pydantic import BaseModel
 
-from taskwarren import task
+from taskwarren import Warren, task
 
 from . import store
 from .analysis import Analysis, AnalysisConfig, analyse
@@ -117,8 +117,12 @@ def ingest(path: str, message_id: str, message_key: str | None = None) -> None:
         raise UnreadableMessageError(
             path, "EMAIL_ANALYSIS_MAILDIR is not set: ingest reads only below it")
     if message_key is not None and not os.path.lexists(path):
+        results = store.default_store()
+        if results.analysed(message_key):  # done before, its file pruned since (a replay)
+            log.info("email.already_analysed", message_key=message_key)
+            return
         # The ingress may have pointed its record at a new copy of a lost file.
-        path = store.default_store().recorded_path(message_key) or path
+        path = results.recorded_path(message_key) or path
     raw = read_message_file(path, root=root)
     result = analyse(raw, message_id, config=_config())
     store_result.send(analysis=result, message_key=message_key)
@@ -131,7 +135,9 @@ def _publish_flagged(result: Analysis) -> None:
                          reasons=result.reasons, sender_domain=result.sender_domain,
                          subject=result.subject)
     # Through the app this module's tasks send with (tests swap store_result).
-    store_result.app.publish_event(FLAGGED_EVENT, event)
+    app = store_result.app
+    assert isinstance(app, Warren)  # an app, which publishes events, not a bare sender
+    app.publish_event(FLAGGED_EVENT, event)
 
 
 @task(queue=FLAGGED_QUEUE, subscribe=[FLAGGED_EVENT], retries=5, time_limit=30)
