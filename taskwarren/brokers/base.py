@@ -156,9 +156,10 @@ class QueueStats:
 class Consumer(abc.ABC):
     """Deliveries from some queues, for one worker process."""
 
-    #: Whether :meth:`poll` (and :meth:`consume`) may be called from another thread than
-    #: the one that made the consumer, one thread at a time: a worker child's idle
-    #: executor then polls itself (``worker/turns.py``).
+    #: Whether the consumer may be used (:meth:`poll`, :meth:`consume`, :meth:`settle`,
+    #: the capabilities' ``announce``) from another thread than the one that made it,
+    #: one thread at a time: a worker child's lone idle executor then polls itself
+    #: (``worker/turns.py``).
     polls_from_any_thread = False
 
     @abc.abstractmethod

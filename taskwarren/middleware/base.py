@@ -141,9 +141,10 @@ class Middleware:
         ``queue`` are set)."""
 
     def admit(self, deliveries: Sequence[Delivery]) -> None:
-        """In a worker child's I/O thread: deliveries just received, before any of them
-        runs; a middleware may prepare for them together (the job store records their
-        starts in one transaction)."""
+        """In the thread that polled (a worker child's I/O thread, or its lone idle
+        executor, lent the consumer): deliveries just received, before any of them runs;
+        a middleware may prepare for them together (the job store records their starts in
+        one transaction). Never two threads at once."""
 
     def skip(self, run: TaskRun, delivery: Delivery) -> str | None:
         """Just before a resolved task runs: a reason to ack the delivery without running

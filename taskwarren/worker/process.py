@@ -140,6 +140,8 @@ class WorkerChild:
         # the handlers above existed waits for them instead of killing us.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         consumer = self._consumer = self.app.broker.consumer()
+        if not consumer.polls_from_any_thread:
+            self._turn = None  # decided before the executor threads start
         timeout_s = consumer_timeout_s(self.app)
         self._listen(consumer)
         for name, state in self._queues.items():
@@ -152,8 +154,6 @@ class WorkerChild:
         if self.aio is not None:
             self.aio.start(consumer)
         log.info("worker.child_started", child=self.index, pid=os.getpid(), queues=self.queues)
-        if not consumer.polls_from_any_thread:
-            self._turn = None
         self._duties_at = time.monotonic() + DUTIES_EVERY_S  # the first ones too wait
         polled: list[Delivery] = []
         while not self._stopping and not self._replace:
@@ -169,8 +169,10 @@ class WorkerChild:
             # finds the GIL free instead of waiting for it a second time.
             self._hand_over(polled)
             if self._turn is not None and self._turn.lend():
-                self._turn.wait_back(self._executors_lost)
-                polled = []
+                self._turn.wait_back(self._executors_lost)  # raises what its poll raised
+                now, polled = time.monotonic(), []
+                if now >= self._duties_at:  # a busy executor may ask again at once
+                    self._duties(consumer, now)
                 continue
             polled = self._receive(consumer, timeout_s)
             now = time.monotonic()

@@ -33,6 +33,7 @@ class Turn:
         self._lock = threading.Lock()
         self._asking = False  # the executor is about to wait on an empty inbox
         self._back = threading.Event()
+        self._failure: Exception | None = None  # what the executor's poll raised
 
     def ask(self) -> bool:
         """Executor, before it waits on its inbox: ask for the consumer if the inbox is
@@ -70,9 +71,11 @@ class Turn:
             while not leaving():
                 polled = receive()
                 if polled:
-                    self.hand(polled)
+                    self.hand(polled)  # the I/O thread does its duties if they are due
                     return
                 duties()
+        except Exception as exc:  # the I/O thread's to handle, as if its own poll raised
+            self._failure = exc
         finally:
             self.give_back()
 
@@ -81,7 +84,15 @@ class Turn:
         self._back.set()
 
     def wait_back(self, lost: Callable[[], bool]) -> None:
-        """I/O thread: wait for the consumer back, or until ``lost()`` (no executor)."""
+        """I/O thread: wait for the consumer back, or until ``lost()`` (no executor).
+
+        Raises:
+            Exception: what the executor's poll or duties raised, raised here in the
+                I/O thread (which then fails as if it had polled itself).
+        """
         while not self._back.wait(WAIT_BACK_S):
             if lost():
                 return
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure

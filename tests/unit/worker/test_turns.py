@@ -202,3 +202,64 @@ def test_two_executor_threads_keep_the_hand_over(monkeypatch: pytest.MonkeyPatch
         app.close()
     assert done.is_set()
     assert {ident for ident, _, _, _ in polls.calls} == {io_thread}
+
+
+def test_an_idle_executor_holding_the_consumer_does_the_duties(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = Warren(url="memory://")
+
+    @app.task(queue="turns", name="turns.idle")
+    def idle(n: int) -> None:
+        raise AssertionError("nothing was sent")
+
+    polls = Polls()
+    child, beats = run_child(app, monkeypatch, polls)
+    beaters: set[int] = set()
+    beat = beats.beat
+    monkeypatch.setattr(beats, "beat",
+                        lambda *a: (beaters.add(threading.get_ident()), beat(*a)))
+    timer = threading.Timer(2.5, child._on_signal, (signal.SIGTERM, None))
+    timer.start()
+    try:
+        assert run_to_end(child) == 0
+    finally:
+        timer.cancel()
+        app.close()
+    # Idle for 2.5 s: the executor held the consumer, its polls ran out, and it beat.
+    assert beaters - {threading.get_ident()}, beaters
+
+
+def test_what_a_lent_poll_raises_is_raised_in_the_io_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = Warren(url="memory://")
+
+    @app.task(queue="turns", name="turns.none")
+    def none(n: int) -> None:
+        raise AssertionError("nothing was sent")
+
+    io_thread = threading.get_ident()
+    make_consumer = app.broker.consumer
+
+    def consumer() -> Any:
+        real = make_consumer()
+        poll = real.poll
+
+        def failing(timeout_s: float) -> list[Delivery]:
+            if threading.get_ident() != io_thread:
+                raise RuntimeError("the broker library broke")
+            return poll(timeout_s)
+
+        real.poll = failing  # type: ignore[method-assign]
+        return real
+
+    monkeypatch.setattr(app.broker, "consumer", consumer)
+    child = WorkerChild(app, ["turns"], 0, 1, None, RunningSlots(1, 1), KillRecord(),
+                        grace_s=1.0)
+    try:
+        with pytest.raises(RuntimeError, match="broke"):
+            run_to_end(child)  # the I/O thread fails, as if its own poll had raised
+    finally:
+        app.close()
+    assert not child._broken  # the executor thread lives on (the child exits anyway)
