@@ -80,8 +80,12 @@ def test_a_job_past_its_hard_limit_is_dead_and_stays_so(jobs: Jobs, ledger: Ledg
 
 
 def test_a_cancelled_delayed_job_never_runs(jobs: Jobs, ledger: Ledger) -> None:
-    cancelled = jobs.patient.options(delay=2).send(3, str(ledger), 0.1)
-    kept = jobs.patient.options(delay=2).send(4, str(ledger), 0.1)
+    # The row must still say "scheduled" when the projector beside the pool first
+    # applies its events: on a loaded machine the pool may take seconds to start.
+    wait_until(lambda: "worker.child_started" in jobs.pool.log_text(), 30,
+               what="the pool to listen")
+    cancelled = jobs.patient.options(delay=4).send(3, str(ledger), 0.1)
+    kept = jobs.patient.options(delay=4).send(4, str(ledger), 0.1)
     wait_until(lambda: jobs.state(cancelled) == "scheduled", 30, what="the row")
     assert jobs.app.jobs.cancel(cancelled)
     wait_until(lambda: jobs.state(kept) == "succeeded", 30, what="the kept job")
