@@ -134,6 +134,10 @@ def test_a_send_to_a_blocked_broker_fails_after_its_deadline_saying_why(
     send(app, queue, ledger, 1)
     node.ctl("set_vm_memory_high_watermark", "0.0000001")
     try:
+        # The node raises its memory alarm on its next check: on a loaded machine a send
+        # right after the command could still go through.
+        wait_until(lambda: "memory" in node.ctl("eval", "rabbit_alarm:get_alarms()."), 20,
+                   interval=0.2, what="the memory alarm")
         started = time.monotonic()
         with pytest.raises(PublishTimeoutError, match="blocks publishers"):
             send(app, queue, ledger, 2)

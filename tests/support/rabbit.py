@@ -155,12 +155,15 @@ def connection(url: str | None = None) -> Iterator[Any]:
     ep = parse_urls(url or amqp_url())[0]
     conn = amqp.Connection(host=f"{ep.host}:{ep.port}", userid=ep.userid, password=ep.password,
                            virtual_host=ep.vhost, connect_timeout=5)
-    conn.connect()
     try:
+        conn.connect()
         yield conn
     finally:
-        with suppress(Exception):
+        try:
             conn.close()
+        except Exception:  # a failed handshake or close: the socket is still closed
+            with suppress(Exception):
+                conn.collect()
 
 
 def unique_queue(prefix: str = "twtest") -> str:
