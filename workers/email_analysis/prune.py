@@ -33,8 +33,9 @@ def prune(store: ResultStore, maildir: Path, older_than_s: float,
           now: float | None = None) -> int:
     """Remove the files of messages analysed over ``older_than_s`` seconds ago.
 
-    Each file is removed before its record forgets it: a crash in between leaves a
-    record whose file is gone, which the next run forgets. Returns the files removed.
+    A batch's files are removed before their records forget them (one statement): a
+    crash in between leaves records whose file is gone, which the next run forgets.
+    Returns the files removed.
 
     Raises:
         OutsideMaildirError: a record points outside ``maildir`` (nothing of it touched).
@@ -43,21 +44,25 @@ def prune(store: ResultStore, maildir: Path, older_than_s: float,
     before = (time.time() if now is None else now) - older_than_s
     removed = 0
     while rows := store.analysed_files(before, BATCH):
-        for key, recorded in rows:
-            path = Path(recorded)
-            # The ingress writes below its Maildir: a record pointing elsewhere means
-            # another Maildir was named (or the record is not the ingress's). Nothing
-            # is removed or forgotten then. (A link is removed, never what it points to.)
-            if not path.parent.resolve().is_relative_to(root):
-                raise OutsideMaildirError(
-                    f"a message file is recorded outside {root} (after {removed} removed): "
-                    "name the ingress's --maildir")
-            # A mail client may have moved it from new/ to cur/ (it saw the message).
-            for candidate in (path, moved_in_maildir(path)):
-                if candidate is not None:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(candidate)
-                        removed += 1
-                        break
-            store.forget_file(key)
+        gone: list[str] = []
+        try:
+            for key, recorded in rows:
+                path = Path(recorded)
+                # The ingress writes below its Maildir: a record pointing elsewhere means
+                # another Maildir was named (or the record is not the ingress's); it is
+                # left as it is. (A link is removed, never what it points to.)
+                if not path.parent.resolve().is_relative_to(root):
+                    raise OutsideMaildirError(
+                        f"a message file is recorded outside {root} (after {removed} "
+                        "removed): name the ingress's --maildir")
+                # A mail client may have moved it from new/ to cur/ (it saw the message).
+                for candidate in (path, moved_in_maildir(path)):
+                    if candidate is not None:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(candidate)
+                            removed += 1
+                            break
+                gone.append(key)
+        finally:
+            store.forget_files(gone)
     return removed

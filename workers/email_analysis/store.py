@@ -25,6 +25,7 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -247,12 +248,16 @@ class ResultStore(ABC):
         finally:
             cursor.close()
 
-    def forget_file(self, message_key: str) -> None:
-        """Record that an analysed message's file is gone (its path becomes empty)."""
+    def forget_files(self, message_keys: Sequence[str]) -> None:
+        """Record that these analysed messages' files are gone (their path becomes
+        empty), in one statement."""
+        if not message_keys:
+            return
+        marks = ", ".join([self._mark] * len(message_keys))
         cursor = self._connection().cursor()
         try:
-            cursor.execute(f"UPDATE {INGRESS_TABLE} SET path = '' WHERE message_key = "
-                           f"{self._mark} AND analysed_at IS NOT NULL", (message_key,))
+            cursor.execute(f"UPDATE {INGRESS_TABLE} SET path = '' WHERE message_key IN "
+                           f"({marks}) AND analysed_at IS NOT NULL", tuple(message_keys))
         finally:
             cursor.close()
 

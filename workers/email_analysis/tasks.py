@@ -34,6 +34,7 @@ import structlog
 from pydantic import BaseModel
 
 from taskwarren import Warren, task
+from taskwarren.message import clip
 
 from . import store
 from .analysis import Analysis, AnalysisConfig, analyse
@@ -90,7 +91,7 @@ def store_result(analysis: Analysis, message_key: str | None = None) -> None:
     if message_key is None:
         store.upsert(analysis)
     elif not store.upsert_once(analysis, message_key):
-        log.info("email.already_stored", message_key=message_key)
+        log.info("email.already_stored", message_key=clip(message_key, 64))
 
 
 @task(
@@ -119,7 +120,7 @@ def ingest(path: str, message_id: str, message_key: str | None = None) -> None:
     if message_key is not None and not os.path.lexists(path):
         results = store.default_store()
         if results.analysed(message_key):  # done before, its file pruned since (a replay)
-            log.info("email.already_analysed", message_key=message_key)
+            log.info("email.already_analysed", message_key=clip(message_key, 64))
             return
         # The ingress may have pointed its record at a new copy of a lost file.
         path = results.recorded_path(message_key) or path

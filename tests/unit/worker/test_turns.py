@@ -72,6 +72,16 @@ def run_to_end(child: WorkerChild) -> int:
         signal.signal(signal.SIGINT, handlers[1])
 
 
+def stop_after(child: WorkerChild, seconds: float) -> int:
+    """Run the child until a SIGTERM comes ``seconds`` from now; its exit code."""
+    timer = threading.Timer(seconds, child._on_signal, (signal.SIGTERM, None))
+    timer.start()
+    try:
+        return run_to_end(child)
+    finally:
+        timer.cancel()
+
+
 def test_an_idle_executor_polls_and_runs_what_arrives_in_its_own_thread(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -153,13 +163,10 @@ def test_a_stop_reaches_an_executor_holding_the_consumer(
 
     polls = Polls()
     child, _ = run_child(app, monkeypatch, polls)
-    timer = threading.Timer(0.5, child._on_signal, (signal.SIGTERM, None))
-    timer.start()
     started = time.monotonic()
     try:
-        assert run_to_end(child) == 0
+        assert stop_after(child, 0.5) == 0
     finally:
-        timer.cancel()
         app.close()
     assert time.monotonic() - started < 3.0
     # The executor held the consumer while idle: it was polling when the stop came.
@@ -219,12 +226,9 @@ def test_an_idle_executor_holding_the_consumer_does_the_duties(
     beat = beats.beat
     monkeypatch.setattr(beats, "beat",
                         lambda *a: (beaters.add(threading.get_ident()), beat(*a)))
-    timer = threading.Timer(2.5, child._on_signal, (signal.SIGTERM, None))
-    timer.start()
     try:
-        assert run_to_end(child) == 0
+        assert stop_after(child, 2.5) == 0
     finally:
-        timer.cancel()
         app.close()
     # Idle for 2.5 s: the executor held the consumer, its polls ran out, and it beat.
     assert beaters - {threading.get_ident()}, beaters
@@ -240,23 +244,17 @@ def test_what_a_lent_poll_raises_is_raised_in_the_io_thread(
         raise AssertionError("nothing was sent")
 
     io_thread = threading.get_ident()
-    make_consumer = app.broker.consumer
 
-    def consumer() -> Any:
-        real = make_consumer()
-        poll = real.poll
+    class FailingOffTheIoThread(Polls):
+        def wrap(self, poll: Any) -> Any:
+            def failing(timeout_s: float) -> list[Delivery]:
+                if threading.get_ident() != io_thread:
+                    raise RuntimeError("the broker library broke")
+                got: list[Delivery] = poll(timeout_s)
+                return got
+            return failing
 
-        def failing(timeout_s: float) -> list[Delivery]:
-            if threading.get_ident() != io_thread:
-                raise RuntimeError("the broker library broke")
-            return poll(timeout_s)
-
-        real.poll = failing  # type: ignore[method-assign]
-        return real
-
-    monkeypatch.setattr(app.broker, "consumer", consumer)
-    child = WorkerChild(app, ["turns"], 0, 1, None, RunningSlots(1, 1), KillRecord(),
-                        grace_s=1.0)
+    child, _ = run_child(app, monkeypatch, FailingOffTheIoThread())
     try:
         with pytest.raises(RuntimeError, match="broke"):
             run_to_end(child)  # the I/O thread fails, as if its own poll had raised
