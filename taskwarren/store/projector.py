@@ -11,7 +11,9 @@ While the store is down, the deliveries stay unacked (the broker keeps them, and
 keeps the rest queued) and the projector tries again with a growing pause. An event
 message that cannot be read goes to the queue's dead-letter queue with the reason.
 Every :data:`PRUNE_EVERY_S` it deletes finished jobs older than the retention, in
-small batches.
+small batches. Told to stop, it first applies what is already waiting (for at most
+:data:`FINAL_DRAIN_S`): a pool stops it after its tasks, so the jobs table then shows
+how the pool's last jobs ended.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ PRUNE_EVERY_S = 60.0
 PRUNE_BATCH = 500
 #: The longest pause between two tries while the store is down.
 MAX_BACKOFF_S = 5.0
+#: Seconds a stopping projector spends applying what already waits.
+FINAL_DRAIN_S = 5.0
+#: A stopping projector's poll: a broker may still be pushing what waits.
+FINAL_POLL_S = 0.2
 
 
 class Projector:
@@ -120,7 +126,21 @@ class Projector:
                     time.monotonic() - pruned_at >= PRUNE_EVERY_S:
                 pruned_at = time.monotonic()
                 self.prune()
+        self._finish(consumer, held)
         consumer.cancel()
+
+    def _finish(self, consumer: Consumer, held: list[Delivery]) -> None:
+        """Apply what waits now, until a poll brings none, the store fails or time is up;
+        then carry out the acks. What is left stays on the broker for the next projector."""
+        deadline = time.monotonic() + FINAL_DRAIN_S
+        while time.monotonic() < deadline:
+            held = [d for d in held if not consumer.is_stale(d)]
+            held.extend(consumer.poll(FINAL_POLL_S))
+            if not held or not self.apply(consumer, held):
+                break
+            held = []
+        while consumer.pending() and time.monotonic() < deadline:
+            consumer.poll(0.05)
 
     def apply(self, consumer: Consumer, deliveries: list[Delivery]) -> bool:
         """Apply ``deliveries`` and ack them; False (nothing acked) if the store failed."""

@@ -41,6 +41,9 @@ RESTART_PAUSE_MAX_S = 10.0
 PR_SET_PDEATHSIG = 1
 #: Extra seconds after the grace period before stragglers are killed.
 STOP_MARGIN_S = 5.0
+#: Seconds the sidecars get to stop once the task children are gone (the projector
+#: applies what waits for up to ``FINAL_DRAIN_S`` of them).
+SIDECAR_STOP_S = 8.0
 
 
 class Supervisor:
@@ -56,7 +59,7 @@ class Supervisor:
         metrics_port: serve ``/metrics`` and ``/healthz`` on this port.
         sidecars: functions each run in a process of their own beside the children (the
             outbox relay), restarted when they die; each returns when the event it is
-            given is set (on a stop signal).
+            given is set (on a stop signal, once the task children have stopped).
         async_concurrency: ``async def`` tasks each child runs at once on its event loop.
     """
 
@@ -225,23 +228,31 @@ class Supervisor:
                       next_step="each runs alone next time")
 
     def _stop(self, wake_r: int) -> int:
+        """Stop the task children, then the sidecars: the relay and the projector carry on
+        while the tasks finish, and the projector applies their last events on its way out."""
         log.info("worker.pool_stopping", grace_s=self.grace_s)
-        for process in self._children.values():
-            if process.pid is not None:
-                os.kill(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.grace_s + STOP_MARGIN_S
         signals_seen = self._signals
-        while self._children and time.monotonic() < deadline:
-            self._wait(wake_r, timeout=max(0.0, deadline - time.monotonic()))
-            self._reap(restart=False)
-            if self._signals > signals_seen:
-                log.warning("worker.pool_killed", reason="second signal")
+        deadline = time.monotonic() + self.grace_s + STOP_MARGIN_S
+        for sidecars in (False, True):
+            group = [i for i in self._children if (i < 0) == sidecars]
+            if sidecars:
+                deadline = time.monotonic() + SIDECAR_STOP_S
+            for index in group:
+                pid = self._children[index].pid
+                if pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGTERM)
+            while any(i in self._children for i in group) and time.monotonic() < deadline:
+                self._wait(wake_r, timeout=max(0.0, deadline - time.monotonic()))
+                self._reap(restart=False)
+                if self._signals > signals_seen:
+                    log.warning("worker.pool_killed", reason="second signal")
+                    self._kill_all()
+                    return 1
+            if any(i in self._children for i in group):
+                log.error("worker.pool_killed", reason="grace period over")
                 self._kill_all()
                 return 1
-        if self._children:
-            log.error("worker.pool_killed", reason="grace period over")
-            self._kill_all()
-            return 1
         log.info("worker.pool_stopped")
         return 0
 
@@ -256,10 +267,14 @@ class Supervisor:
 
 
 def _sidecar_main(fn: Callable[[threading.Event], None]) -> None:
-    """Run a sidecar until a stop signal, then exit (0 when it returned, else crashed)."""
+    """Run a sidecar until SIGTERM, then exit (0 when it returned, else crashed).
+
+    A terminal's Ctrl-C reaches the whole process group: the sidecar ignores SIGINT and
+    waits for the supervisor's SIGTERM, which comes once the task children have stopped.
+    """
     stop = threading.Event()
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     code = EXIT_CRASHED
     try:

@@ -66,3 +66,24 @@ def test_a_busy_projector_still_prunes_old_finished_jobs(
     assert table.get("old") is None
     assert table.counts() == {"queued": watched.applied}
     store.close()
+
+
+def test_a_projector_told_to_stop_first_applies_what_waits(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    store = open_store(url)
+    store.init()
+    broker = MemoryBroker()
+    broker.declare([JOB_EVENTS_QUEUE])
+    now = time.time()
+    broker.publish(JOB_EVENTS_QUEUE, [encode_events([JobEvent(f"job-{i}", "queued", now,
+                                                              task="t", queue="q")])
+                                      for i in range(WAITING)])
+    stop = threading.Event()
+    stop.set()  # before it even starts
+
+    projector.Projector(broker, lambda: JobTable(open_store(url)), 0.0).run(stop)
+
+    assert JobTable(store).counts() == {"queued": WAITING}
+    stats = broker.stats(JOB_EVENTS_QUEUE)
+    assert (stats.ready, stats.unacked, stats.dead) == (0, 0, 0)  # applied and acked
+    store.close()
