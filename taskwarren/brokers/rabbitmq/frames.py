@@ -1,13 +1,15 @@
-"""Frames on the wire: corked writes, no read before a publish, a tolerant frame handler.
+"""Frames on the wire: corked writes, read-ahead, no read before a publish, a tolerant
+frame handler.
 
-Three patches of py-amqp's behaviour, all on its private parts (its transport's
-``_write``, its local copy of the client capabilities, its ``frame_handler``): kept
-here, and nowhere else.
+Four patches of py-amqp's behaviour, all on its private parts (its transport's
+``_write``, ``_read`` and ``_read_buffer``, its local copy of the client capabilities,
+its ``frame_handler``): kept here, and nowhere else.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import struct
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,6 +21,8 @@ from taskwarren.brokers.rabbitmq.errors import HEADER_ERRORS
 
 #: Bytes gathered before a corked connection writes them out.
 CORK_BYTES = 128 * 1024
+#: Bytes a read-ahead transport asks the socket for at least.
+READ_AHEAD_BYTES = 64 * 1024
 
 
 @contextlib.contextmanager
@@ -59,6 +63,77 @@ def corked(conn: Any) -> Iterator[Callable[[], None]]:
     finally:
         transport._write = real  # type: ignore[union-attr]
         flush()
+
+
+class ReadAhead:
+    """A plain TCP transport's reads, served from large ``recv`` calls.
+
+    py-amqp reads every frame with three exact-sized ``recv`` calls (header, payload,
+    end byte): nine system calls for a small message, most of a busy I/O thread's
+    reading. Here one ``recv`` of up to :data:`READ_AHEAD_BYTES` serves every frame it
+    holds. The bytes not yet handed out are ``transport._read_buffer`` (py-amqp's
+    own, which it fills again with a partial frame when a read times out) followed by
+    ``self._buf[self._pos:]``; the offset spares copying the rest on every read.
+    """
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self._recv = transport.sock.recv
+        self._buf = b""
+        self._pos = 0
+
+    def buffered(self) -> int:
+        """Bytes read from the socket and not handed out yet."""
+        return len(self.transport._read_buffer) + len(self._buf) - self._pos
+
+    def has_frame(self) -> bool:
+        """Whether a whole frame is buffered (reading it then touches no socket)."""
+        if self.transport._read_buffer:
+            return False  # rare (after a timeout): the next read joins the two
+        start = self._pos
+        if len(self._buf) - start < 7:
+            return False
+        size = int.from_bytes(self._buf[start + 3:start + 7], "big")
+        return len(self._buf) - start >= 8 + size
+
+    def read(self, n: int, initial: bool = False) -> bytes:
+        """Exactly ``n`` bytes (py-amqp's ``_read``, with its errors)."""
+        buf, pos = self._buf, self._pos
+        end = pos + n
+        if end <= len(buf) and not self.transport._read_buffer:
+            self._pos = end
+            return buf[pos:end]
+        rbuf: bytes = bytes(self.transport._read_buffer) + buf[pos:]
+        self._buf, self._pos = b"", 0
+        try:
+            while len(rbuf) < n:
+                try:
+                    data = self._recv(max(READ_AHEAD_BYTES, n - len(rbuf)))
+                except OSError as exc:
+                    if exc.errno in (errno.EAGAIN, errno.EINTR):
+                        if initial and self.transport.raise_on_initial_eintr:
+                            raise TimeoutError() from exc
+                        continue
+                    raise
+                if not data:
+                    raise OSError("Server unexpectedly closed connection")
+                rbuf += data
+        except BaseException:
+            self.transport._read_buffer = rbuf  # py-amqp adds the partial frame before it
+            raise
+        self.transport._read_buffer = b""
+        self._buf, self._pos = rbuf, n
+        return rbuf[:n]
+
+
+def read_ahead(conn: Any) -> ReadAhead | None:
+    """Serve ``conn``'s reads from large ``recv`` calls (plain TCP; TLS reads as before)."""
+    transport: Any = getattr(conn, "transport", None)
+    if type(transport).__name__ != "TCPTransport" or not hasattr(transport, "_read"):
+        return None
+    reader = ReadAhead(transport)
+    transport._read = reader.read
+    return reader
 
 
 def without_publish_reads(conn: Any) -> None:

@@ -28,7 +28,12 @@ from taskwarren.brokers.rabbitmq.errors import (
     RefusedError,
     mapped,
 )
-from taskwarren.brokers.rabbitmq.frames import tolerant_frames, without_publish_reads
+from taskwarren.brokers.rabbitmq.frames import (
+    ReadAhead,
+    read_ahead,
+    tolerant_frames,
+    without_publish_reads,
+)
 from taskwarren.errors import BrokerConnectionError, BrokerError
 from taskwarren.message import Envelope, clip
 from taskwarren.settings import Settings
@@ -57,6 +62,13 @@ class _Connection(amqp.Connection):  # type: ignore[misc]  # py-amqp is untyped
         super().__init__(*args, **kwargs)
         self.rpc_timeout_s = rpc_timeout_s
         self.deadline_of = deadline_of
+        self.reader: ReadAhead | None = None  # set once connected (frames.read_ahead)
+
+    def blocking_read(self, timeout: float | None = None) -> Any:
+        reader = self.reader
+        if reader is not None and reader.has_frame():  # no socket read: no timeout to set
+            return self.on_inbound_frame(self.transport.read_frame())
+        return super().blocking_read(timeout)
 
     def drain_events(self, timeout: float | None = None) -> None:
         if timeout is not None:
@@ -210,6 +222,7 @@ class Link:
         with self.until(time.monotonic() + connect_timeout_s):
             conn.connect()
             without_publish_reads(conn)
+            conn.reader = read_ahead(conn)
             self.open_channel()
         self.generation += 1
         self.blocked = None
@@ -323,6 +336,9 @@ class Link:
     def readable(self) -> bool:
         """Whether a read now would find bytes, without reading them: bytes py-amqp kept
         from a partial frame, bytes TLS decrypted already, or bytes on the socket."""
+        reader = self.conn.reader
+        if reader is not None and reader.buffered():
+            return True
         if getattr(self.conn.transport, "_read_buffer", b""):
             return True
         sock = self.conn.sock
