@@ -85,6 +85,7 @@ class RabbitMQConsumer(Consumer):
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._sleeping = False
+        self._woken = False  # a settlement woke the sleeping I/O thread already
         self._quiet_at = 0.0  # when the idle publishing link and heartbeats are due
         self._cancelled = False
         self.reconnects = 0
@@ -307,12 +308,15 @@ class RabbitMQConsumer(Consumer):
         return out
 
     def _wait(self, timeout_s: float) -> None:
+        self._woken = False
         self._sleeping = True
         try:
             if len(self._settle_q) > self._settler.held:
                 return  # something new to settle (held republishes wait for the link)
-            socks = [self._link.conn.sock, self._wake_r]
             out = self._out.link
+            if self._link.frame_waiting() or (out.connected and out.frame_waiting()):
+                return  # read ahead already: the socket may stay silent
+            socks = [self._link.conn.sock, self._wake_r]
             if out.connected and (out.unconfirmed or self._settler.held or out.blocked):
                 socks.append(out.conn.sock)  # a confirm, or the broker unblocking it
             ready, _, _ = select.select(socks, [], [], timeout_s)
@@ -334,7 +338,11 @@ class RabbitMQConsumer(Consumer):
         queue.append((delivery, action))
         # Acks wake the I/O thread once a batch has gathered (the broker refills the
         # prefetch window while tasks run); a requeue or republish wakes it at once.
-        if self._sleeping and (len(queue) >= ACK_BATCH or not isinstance(action, Ack)):
+        # Once per sleep: the I/O thread may need a while to get the GIL back, and every
+        # settlement meanwhile would write to the pipe again.
+        if self._sleeping and not self._woken and (
+                len(queue) >= ACK_BATCH or not isinstance(action, Ack)):
+            self._woken = True
             self.wakeup()
 
     def wakeup(self) -> None:

@@ -347,6 +347,12 @@ class Link:
             return True
         return bool(select.select([sock], [], [], 0)[0])
 
+    def frame_waiting(self) -> bool:
+        """Whether a whole frame was read ahead and waits: a wait on the socket for it
+        could last until the broker next sends something."""
+        reader = getattr(self.conn, "reader", None)
+        return reader is not None and reader.has_frame()
+
     def drain(self, timeout_s: float) -> bool:
         """Handle what the broker sent, waiting up to ``timeout_s``; ``False`` if nothing.
 

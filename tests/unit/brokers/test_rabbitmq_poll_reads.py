@@ -8,6 +8,7 @@ reads against a real broker; they time nothing.
 
 from __future__ import annotations
 
+import select
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from taskwarren import Warren
 from taskwarren.brokers.base import ACK, Delivery
 from taskwarren.brokers.rabbitmq import RabbitMQConsumer
+from taskwarren.brokers.rabbitmq.errors import mapped
 
 
 class Reads:
@@ -111,3 +113,43 @@ def test_a_send_reads_its_link_only_for_the_confirm(app: Warren) -> None:
     # before the message's bytes leave.
     assert reads.calls >= 5, "the confirms were read somewhere else"
     assert reads.empty == 0, "a send made an empty read"
+
+
+def test_a_poll_does_not_sleep_on_the_socket_while_whole_frames_wait_read_ahead(
+        app: Warren, queue: str) -> None:
+    noop = app.tasks["poll_reads.noop"]
+    for n in range(20):
+        noop.send(n)
+    consumer = app.broker.consumer()
+    assert isinstance(consumer, RabbitMQConsumer)
+    try:
+        consumer.consume(queue, 20)
+        got = []
+        while len(got) < 20:
+            got.extend(first_deliveries(consumer, timeout_s=20))
+        for delivery in got:
+            consumer.settle(delivery, ACK)
+        consumer.poll(0)  # sends the ack: the window is open again
+        for n in range(20, 40):
+            noop.send(n)
+        link = consumer._link
+        sock = link.conn.sock
+        deadline = time.monotonic() + 10
+        while not select.select([sock], [], [], 0.1)[0]:
+            assert time.monotonic() < deadline, "no delivery reached the socket"
+        time.sleep(0.3)  # the rest of them too
+        # One message handled, the frames of the others read ahead: the socket is empty
+        # and nothing more comes until they are acked.
+        with mapped():
+            assert link.drain(0)
+        got = list(consumer._incoming)
+        consumer._incoming.clear()
+        assert link.conn.reader is not None and link.conn.reader.has_frame()
+
+        started = time.monotonic()
+        while len(got) < 20:
+            got.extend(consumer.poll(30))
+        # Sleeping on the socket (until a heartbeat or the 30 s) would have been the bug.
+        assert time.monotonic() - started < 5
+    finally:
+        consumer.close()
