@@ -338,8 +338,7 @@ class RabbitMQConsumer(Consumer):
         queue.append((delivery, action))
         # Acks wake the I/O thread once a batch has gathered (the broker refills the
         # prefetch window while tasks run); a requeue or republish wakes it at once.
-        # Once per sleep: the I/O thread may need a while to get the GIL back, and every
-        # settlement meanwhile would write to the pipe again.
+        # Once per sleep: until it has the GIL back, each settlement would write again.
         if self._sleeping and not self._woken and (
                 len(queue) >= ACK_BATCH or not isinstance(action, Ack)):
             self._woken = True
