@@ -36,6 +36,17 @@ class Watched(projector.Projector):
         return gone
 
 
+def broker_with_waiting_events(prefix: str) -> MemoryBroker:
+    """A broker whose events queue holds :data:`WAITING` messages, each a job queued."""
+    broker = MemoryBroker()
+    broker.declare([JOB_EVENTS_QUEUE])
+    now = time.time()
+    broker.publish(JOB_EVENTS_QUEUE, [encode_events([JobEvent(f"{prefix}-{i}", "queued", now,
+                                                              task="t", queue="q")])
+                                      for i in range(WAITING)])
+    return broker
+
+
 def test_a_busy_projector_still_prunes_old_finished_jobs(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
@@ -44,12 +55,7 @@ def test_a_busy_projector_still_prunes_old_finished_jobs(
     table = JobTable(store)
     old = time.time() - 3600
     table.apply([JobEvent("old", "succeeded", old, task="t", queue="q", created_at=old)])
-    broker = MemoryBroker()
-    broker.declare([JOB_EVENTS_QUEUE])
-    now = time.time()
-    broker.publish(JOB_EVENTS_QUEUE, [encode_events([JobEvent(f"new-{i}", "queued", now,
-                                                              task="t", queue="q")])
-                                      for i in range(WAITING)])
+    broker = broker_with_waiting_events("new")
     monkeypatch.setattr(projector, "BATCH", 1)  # one event message per poll: always busy
     monkeypatch.setattr(projector, "PRUNE_EVERY_S", 0.0)
     stop = threading.Event()
@@ -72,12 +78,7 @@ def test_a_projector_told_to_stop_first_applies_what_waits(tmp_path: Path) -> No
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     store = open_store(url)
     store.init()
-    broker = MemoryBroker()
-    broker.declare([JOB_EVENTS_QUEUE])
-    now = time.time()
-    broker.publish(JOB_EVENTS_QUEUE, [encode_events([JobEvent(f"job-{i}", "queued", now,
-                                                              task="t", queue="q")])
-                                      for i in range(WAITING)])
+    broker = broker_with_waiting_events("job")
     stop = threading.Event()
     stop.set()  # before it even starts
 
