@@ -143,7 +143,11 @@ class Projector:
             consumer.poll(0.05)
 
     def apply(self, consumer: Consumer, deliveries: list[Delivery]) -> bool:
-        """Apply ``deliveries`` and ack them; False (nothing acked) if the store failed."""
+        """Apply ``deliveries`` and ack them; False (nothing acked) if the store failed.
+
+        Those that cannot be read are dead-lettered and removed from ``deliveries``: a
+        caller that tries the rest again must not settle them twice.
+        """
         events: list[JobEvent] = []
         good: list[Delivery] = []
         for delivery in deliveries:
@@ -152,6 +156,7 @@ class Projector:
                 good.append(delivery)
             except ValueError as exc:
                 self._reject(consumer, delivery, str(exc))
+        deliveries[:] = good
         try:
             if events:
                 self.table().apply(events)

@@ -41,9 +41,13 @@ RESTART_PAUSE_MAX_S = 10.0
 PR_SET_PDEATHSIG = 1
 #: Extra seconds after the grace period before stragglers are killed.
 STOP_MARGIN_S = 5.0
-#: Seconds the sidecars get to stop once the task children are gone (the projector
-#: applies what waits for up to ``FINAL_DRAIN_S`` of them).
+#: Seconds the sidecars get at least to stop once the task children are gone (the
+#: projector applies what waits for up to ``FINAL_DRAIN_S`` of them).
 SIDECAR_STOP_S = 8.0
+#: The signal that stops a sidecar: the pool's own, sent once the task children are
+#: gone (and by the kernel when the supervisor dies). A SIGTERM or SIGINT sent to the
+#: whole process group (systemd's default, a terminal's Ctrl-C) leaves sidecars running.
+SIDECAR_STOP_SIGNAL = signal.SIGUSR1
 
 
 class Supervisor:
@@ -150,7 +154,7 @@ class Supervisor:
 
     def _child_main(self, index: int) -> None:
         signal.set_wakeup_fd(-1)
-        _stop_with_parent(self._parent_pid)
+        _stop_with_parent(self._parent_pid, SIDECAR_STOP_SIGNAL if index < 0 else signal.SIGTERM)
         if self.monitor is not None:
             self.monitor.close_in_child()
         if index < 0:
@@ -235,13 +239,13 @@ class Supervisor:
         deadline = time.monotonic() + self.grace_s + STOP_MARGIN_S
         for sidecars in (False, True):
             group = [i for i in self._children if (i < 0) == sidecars]
-            if sidecars:
-                deadline = time.monotonic() + SIDECAR_STOP_S
+            if sidecars:  # the whole grace still, and some seconds after the tasks at least
+                deadline = max(deadline, time.monotonic() + SIDECAR_STOP_S)
             for index in group:
                 pid = self._children[index].pid
                 if pid is not None:
                     with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGTERM)
+                        os.kill(pid, SIDECAR_STOP_SIGNAL if sidecars else signal.SIGTERM)
             while any(i in self._children for i in group) and time.monotonic() < deadline:
                 self._wait(wake_r, timeout=max(0.0, deadline - time.monotonic()))
                 self._reap(restart=False)
@@ -267,14 +271,13 @@ class Supervisor:
 
 
 def _sidecar_main(fn: Callable[[threading.Event], None]) -> None:
-    """Run a sidecar until SIGTERM, then exit (0 when it returned, else crashed).
-
-    A terminal's Ctrl-C reaches the whole process group: the sidecar ignores SIGINT and
-    waits for the supervisor's SIGTERM, which comes once the task children have stopped.
-    """
+    """Run a sidecar until :data:`SIDECAR_STOP_SIGNAL`, then exit (0 when it returned,
+    else crashed). SIGTERM and SIGINT are the supervisor's to act on: it stops the task
+    children first, then the sidecars."""
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(SIDECAR_STOP_SIGNAL, lambda *_: stop.set())
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     code = EXIT_CRASHED
     try:
@@ -288,8 +291,9 @@ def _sidecar_main(fn: Callable[[threading.Event], None]) -> None:
         os._exit(code)
 
 
-def _stop_with_parent(parent_pid: int) -> None:
-    """Ask the kernel for SIGTERM when the supervisor dies (Linux), so no child outlives it.
+def _stop_with_parent(parent_pid: int, signum: int) -> None:
+    """Ask the kernel for ``signum`` when the supervisor dies (Linux), so no child
+    outlives it.
 
     A child whose supervisor was killed would go on consuming with nobody to replace it
     or forward a stop; with this it stops gracefully and the broker keeps the rest.
@@ -298,8 +302,8 @@ def _stop_with_parent(parent_pid: int) -> None:
         return
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(PR_SET_PDEATHSIG, signum)
     except (OSError, AttributeError):
         return
     if os.getppid() != parent_pid:  # it died before we asked
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signum)

@@ -22,7 +22,8 @@ from tests.support.workers import Ledger, Pool, wait_until
 MODULE = "tests.integration.twtasks"
 
 
-@pytest.mark.parametrize("how", ["sigterm-to-the-supervisor", "ctrl-c-to-the-group"])
+@pytest.mark.parametrize("how", ["sigterm-to-the-supervisor", "ctrl-c-to-the-group",
+                                 "sigterm-to-the-group"])
 def test_a_job_that_ends_during_the_stop_shows_succeeded_once_the_pool_has_exited(
         tmp_path: Path, ledger: Ledger, how: str) -> None:
     broker_url = f"sqlite:///{tmp_path / 'broker.db'}"
@@ -42,8 +43,10 @@ def test_a_job_that_ends_during_the_stop_shows_succeeded_once_the_pool_has_exite
         # The stop arrives while the task runs: it ends, and says so, after the signal.
         if how == "sigterm-to-the-supervisor":  # as `docker stop` and Kubernetes do
             pool.signal(signal.SIGTERM)
-        else:  # a terminal's Ctrl-C reaches every process of the group
+        elif how == "ctrl-c-to-the-group":  # a terminal's reaches every process of it
             os.killpg(pool.pid, signal.SIGINT)
+        else:  # as systemd's default KillMode=control-group does
+            os.killpg(pool.pid, signal.SIGTERM)
         assert pool.proc.wait(60) == 0
     finally:
         pool.kill()

@@ -284,7 +284,7 @@ class RabbitMQConsumer(Consumer):
                 now = time.monotonic()
                 outward = self._out.link
                 if (outward.unconfirmed or outward.blocked or self._settler.held
-                        or now >= self._quiet_at):
+                        or now >= self._quiet_at or outward.frame_waiting()):
                     self._out.drain()
                 self._settler.flush()
                 if now >= self._quiet_at:

@@ -110,9 +110,13 @@ class ReadAhead:
                 try:
                     data = self._recv(max(READ_AHEAD_BYTES, n - len(rbuf)))
                 except OSError as exc:
-                    if exc.errno in (errno.EAGAIN, errno.EINTR):
-                        if initial and self.transport.raise_on_initial_eintr:
-                            raise TimeoutError() from exc
+                    # Nothing more yet on a socket without a timeout: a timeout, at any of
+                    # the frame's reads (py-amqp spins on the rest of a frame, and keeps
+                    # what it read of the frame on a timeout at any of them).
+                    if exc.errno == errno.EAGAIN or (exc.errno == errno.EINTR and initial
+                                                     and self.transport.raise_on_initial_eintr):
+                        raise TimeoutError() from exc
+                    if exc.errno == errno.EINTR:
                         continue
                     raise
                 if not data:

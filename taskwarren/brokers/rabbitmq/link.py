@@ -348,10 +348,14 @@ class Link:
         return bool(select.select([sock], [], [], 0)[0])
 
     def frame_waiting(self) -> bool:
-        """Whether a whole frame was read ahead and waits: a wait on the socket for it
-        could last until the broker next sends something."""
+        """Whether bytes were read off the socket and wait (a whole frame read ahead, or
+        bytes TLS decrypted already): a wait on the socket for them could last until the
+        broker next sends something."""
         reader = getattr(self.conn, "reader", None)
-        return reader is not None and reader.has_frame()
+        if reader is not None:
+            return bool(reader.has_frame())
+        pending = getattr(getattr(self.conn, "sock", None), "pending", None)  # ssl.SSLSocket
+        return pending is not None and bool(pending())
 
     def drain(self, timeout_s: float) -> bool:
         """Handle what the broker sent, waiting up to ``timeout_s``; ``False`` if nothing.

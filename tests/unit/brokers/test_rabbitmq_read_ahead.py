@@ -128,3 +128,20 @@ def test_has_frame_says_whether_a_whole_frame_waits(wire: Wire) -> None:
     wire.broker.sendall(frame(1, 1, b"three") * 2)
     assert wire.read_frame() == (1, 1, b"three")
     assert wire.reader.has_frame()
+
+
+@pytest.mark.timeout(20)
+# Cut in the header, after it, in the payload, before the end byte.
+@pytest.mark.parametrize("cut", [3, 7, 20, 27])
+def test_a_read_without_a_timeout_stops_at_a_partial_frame_instead_of_spinning(
+        wire: Wire, cut: int) -> None:
+    whole = frame(3, 1, b"p" * 20)  # 28 bytes
+    wire.ours.settimeout(0)  # py-amqp's drain_events(timeout=0)
+    wire.broker.sendall(whole[:cut])
+
+    with pytest.raises(socket.timeout):
+        wire.read_frame()  # py-amqp alone spins here until the rest comes
+
+    wire.broker.sendall(whole[cut:])
+    wire.ours.settimeout(5)
+    assert wire.read_frame() == (3, 1, b"p" * 20)

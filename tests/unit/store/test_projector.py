@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from taskwarren.brokers.base import Consumer, Delivery
 from taskwarren.brokers.memory import MemoryBroker
+from taskwarren.errors import StoreError
+from taskwarren.message import Envelope
 from taskwarren.store import open_store, projector
 from taskwarren.store.job_table import JobTable
 from taskwarren.store.jobs import JOB_EVENTS_QUEUE, JobEvent, encode_events
@@ -87,4 +90,48 @@ def test_a_projector_told_to_stop_first_applies_what_waits(tmp_path: Path) -> No
     assert JobTable(store).counts() == {"queued": WAITING}
     stats = broker.stats(JOB_EVENTS_QUEUE)
     assert (stats.ready, stats.unacked, stats.dead) == (0, 0, 0)  # applied and acked
+    store.close()
+
+
+class Rejects(projector.Projector):
+    """Counts the event messages it dead-letters."""
+
+    rejected = 0
+
+    def _reject(self, consumer: Consumer, delivery: Delivery, reason: str) -> None:
+        self.rejected += 1
+        super()._reject(consumer, delivery, reason)
+
+
+def test_an_unreadable_event_is_dead_lettered_once_though_the_store_fails_first(
+        tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    store = open_store(url)
+    store.init()
+    broker = broker_with_waiting_events("job")
+    broker.publish(JOB_EVENTS_QUEUE, [Envelope(message_id="bad", body=b"not json")])
+    opened = 0
+
+    def open_table() -> JobTable:
+        nonlocal opened
+        opened += 1
+        if opened == 1:
+            raise StoreError("the store is down (this test)")
+        return JobTable(open_store(url))
+
+    stop = threading.Event()
+    watched = Rejects(broker, open_table, 0.0)
+    runner = threading.Thread(target=watched.run, args=(stop,))
+    runner.start()
+    deadline = time.monotonic() + 30
+    while watched.applied < WAITING and time.monotonic() < deadline:  # after a retry
+        time.sleep(0.05)
+    stop.set()
+    runner.join()
+
+    assert opened == 2
+    assert watched.rejected == 1
+    assert JobTable(store).counts() == {"queued": WAITING}
+    stats = broker.stats(JOB_EVENTS_QUEUE)
+    assert (stats.ready, stats.unacked, stats.dead) == (0, 0, 1)
     store.close()
