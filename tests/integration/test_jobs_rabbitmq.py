@@ -53,7 +53,12 @@ def jobs(store_url: str, rabbit_url: str, queue: str, tmp_path: Path) -> Iterato
 def test_a_running_job_is_told_of_its_cancel(jobs: Jobs, ledger: Ledger) -> None:
     task_id = jobs.patient.send(1, str(ledger))
     wait_until(lambda: 1 in ledger.count("start"), 30, what="the job to start")
-    wait_until(lambda: jobs.state(task_id) == "running", 10, what="its row to say running")
+    try:
+        # Written by the worker before the job started (JobRecorder.admit).
+        wait_until(lambda: jobs.state(task_id) == "running", 10, what="its row to say running")
+    except AssertionError as exc:  # what the worker said, for a failure in CI
+        raise AssertionError(f"{exc}; row state {jobs.state(task_id)!r}; worker log:\n"
+                             f"{jobs.pool.log_text()[-4000:]}") from None
     outcome = jobs.app.jobs.cancel_job(task_id)
     assert not outcome.done and outcome.state == "running", outcome
     assert "its worker was told" in outcome.how, outcome
