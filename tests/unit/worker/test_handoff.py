@@ -33,8 +33,11 @@ def test_deliveries_are_handed_over_just_before_the_io_thread_polls_again(
     io = Recorder()
     child: WorkerChild | None = None
 
+    ran: list[int] = []
+
     @app.task(queue="handoff", name="handoff.note")
     def note(n: int) -> None:
+        ran.append(n)
         if n == 2 and child is not None:
             child._on_signal(signal.SIGTERM, None)  # done: stop as a SIGTERM would
 
@@ -89,7 +92,10 @@ def test_deliveries_are_handed_over_just_before_the_io_thread_polls_again(
         app.close()
 
     steps = io.steps
-    assert steps.count("put") == 3, steps
+    # Each of the three at least; one the stop handed back unstarted (n == 2 stops the
+    # child while the other thread may be taking the next) can come round again.
+    assert steps.count("put") >= 3, steps
+    assert len(ran) == len(set(ran)), ran  # handed back unstarted, never run twice
     after_puts = [steps[i + 1] for i, step in enumerate(steps) if step == "put"]
     assert set(after_puts) <= {"put", "poll"}, steps
     # Received -> handed over, with no duty in between; the duties still ran.
