@@ -154,7 +154,7 @@ def connection(url: str | None = None) -> Iterator[Any]:
 
     ep = parse_urls(url or amqp_url())[0]
     conn = amqp.Connection(host=f"{ep.host}:{ep.port}", userid=ep.userid, password=ep.password,
-                           virtual_host=ep.vhost, connect_timeout=5)
+                           virtual_host=ep.vhost, connect_timeout=30)  # a loaded CI broker
     try:
         conn.connect()
         yield conn
