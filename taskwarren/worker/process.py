@@ -1,10 +1,10 @@
 """One worker child: its own broker connection, an I/O thread, and executor threads.
 
 The main thread is the I/O thread: it alone touches the connection (py-amqp is not
-thread-safe), but lends it to a lone idle executor thread (turns.py, for latency).
-It polls deliveries, hands them to the executor threads, carries out
-their settlements (acks coalesced, republishes confirmed first), keeps heartbeats
-flowing during long tasks, enforces time limits and adapts the prefetch.
+thread-safe), but lends it to a lone idle executor thread (turns.py, for latency). It
+polls deliveries, hands them to the executor threads, carries out their settlements
+(acks coalesced, republishes confirmed first), keeps heartbeats flowing during long
+tasks, enforces time limits and adapts the prefetch.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ from taskwarren.worker.presence import Presence
 from taskwarren.worker.shared import Heartbeats, KillRecord, RunningSlots
 from taskwarren.worker.turns import Turn
 
-__all__ = ["EXIT_CRASHED", "EXIT_REPLACE", "STOP_SIGNALS", "WorkerChild", "consumer_timeout_s",
-           "warn_about_long_tasks"]
+__all__ = ["EXIT_CRASHED", "EXIT_REPLACE", "STOP_SIGNALS", "WorkerChild",
+           "consumer_timeout_s", "warn_about_long_tasks"]
 
 log = structlog.get_logger("taskwarren.worker")
 
@@ -147,8 +147,8 @@ class WorkerChild:
         for name, state in self._queues.items():
             consumer.consume(name, state.prefetch, timeout_s)
         for t in range(self.threads):
-            worker = threading.Thread(target=self._work, args=(t,), name=f"executor-{t}",
-                                      daemon=True)
+            worker = threading.Thread(target=self._work, args=(t,), name=f"executor-{t}")
+            worker.daemon = True
             worker.start()
             self._workers.append(worker)
         if self.aio is not None:
@@ -160,14 +160,11 @@ class WorkerChild:
             if self._executors_lost():
                 # Healthy no more (no heartbeat from now on), and replaced: stop as a
                 # replaced child does, handing back what it holds.
-                log.error("worker.child_replacing", child=self.index,
-                          reason="an executor thread died")
+                log.error("worker.child_replacing", child=self.index, reason="executor lost")
                 self._replace = True
                 break
             timeout_s = self._timeout()
-            # Handed over just before this thread blocks in poll: the executor it wakes
-            # finds the GIL free instead of waiting for it a second time.
-            self._hand_over(polled)
+            self._hand_over(polled)  # just before this thread blocks: the GIL is then free
             if self._turn is not None and self._turn.lend():
                 self._turn.wait_back(self._executors_lost)  # raises what its poll raised
                 now, polled = time.monotonic(), []
@@ -297,9 +294,12 @@ class WorkerChild:
             if delivery is None:
                 return
             if isinstance(delivery, Turn):  # the consumer, lent while this thread idles
-                delivery.use(lambda: self._receive(consumer, POLL_MAX_S),
-                             lambda: self._duties(consumer, time.monotonic()), self.leaving)
-                continue
+                polled = delivery.use(lambda: self._receive(consumer, POLL_MAX_S),
+                                      lambda: self._duties(consumer, time.monotonic()),
+                                      self.leaving)
+                if polled is None:
+                    continue
+                delivery = polled  # the first one polled: it runs now
             if set_aside(consumer, delivery, self._stopping):
                 continue
             if not self._process(consumer, delivery, thread_index):

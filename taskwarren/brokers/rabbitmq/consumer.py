@@ -25,12 +25,8 @@ from taskwarren.brokers.rabbitmq.errors import (
     mapped,
 )
 from taskwarren.brokers.rabbitmq.frames import H_UNREADABLE
-from taskwarren.brokers.rabbitmq.link import (
-    RECONNECT_FIRST_S,
-    RECONNECT_MAX_S,
-    Link,
-    envelope_of,
-)
+from taskwarren.brokers.rabbitmq.inbound import envelope_of
+from taskwarren.brokers.rabbitmq.link import RECONNECT_FIRST_S, RECONNECT_MAX_S, Link
 from taskwarren.brokers.rabbitmq.outbound import Outbound
 from taskwarren.brokers.rabbitmq.settling import Settler
 from taskwarren.brokers.rabbitmq.topology import bind_events, declare_common, declare_queues
@@ -320,6 +316,8 @@ class RabbitMQConsumer(Consumer):
             if out.connected and (out.unconfirmed or self._settler.held or out.blocked):
                 socks.append(out.conn.sock)  # a confirm, or the broker unblocking it
             ready, _, _ = select.select(socks, [], [], timeout_s)
+            if socks[0] in ready:
+                self._link.fill()  # one recv for what came: whole deliveries in one step
             if self._wake_r in ready:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)

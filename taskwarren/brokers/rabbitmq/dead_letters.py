@@ -15,7 +15,8 @@ from typing import Any
 
 from taskwarren.brokers.rabbitmq.errors import LinkLostError, RefusedError, mapped
 from taskwarren.brokers.rabbitmq.frames import corked
-from taskwarren.brokers.rabbitmq.link import Link, envelope_of
+from taskwarren.brokers.rabbitmq.inbound import envelope_of
+from taskwarren.brokers.rabbitmq.link import Link
 from taskwarren.brokers.rabbitmq.publisher import publish_copies
 from taskwarren.brokers.rabbitmq.topology import declare_queues
 from taskwarren.errors import BrokerConnectionError, BrokerError

@@ -3,13 +3,15 @@ frame handler.
 
 Four patches of py-amqp's behaviour, all on its private parts (its transport's
 ``_write``, ``_read`` and ``_read_buffer``, its local copy of the client capabilities,
-its ``frame_handler``): kept here, and nowhere else.
+its ``frame_handler``): kept here, and nowhere else but ``inbound.py``, which hands a
+delivery read ahead whole to py-amqp's channel (its ``_callbacks`` and ``_pending``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import socket
 import struct
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -95,6 +97,34 @@ class ReadAhead:
             return False
         size = int.from_bytes(self._buf[start + 3:start + 7], "big")
         return len(self._buf) - start >= 8 + size
+
+    def window(self) -> tuple[bytes, int]:
+        """The buffer and the offset of its first byte not handed out yet; ``(b"", 0)``
+        while py-amqp holds a partial frame of its own (then only :meth:`read` serves)."""
+        if self.transport._read_buffer:
+            return b"", 0
+        return self._buf, self._pos
+
+    def consume(self, end: int) -> None:
+        """Mark the bytes of :meth:`window` before ``end`` as handed out."""
+        self._pos = end
+
+    def fill(self) -> int:
+        """Add what the socket holds now to the buffer, without waiting: the bytes read
+        (0: none yet). For a socket a ``select`` found readable: the frames are then
+        served from the buffer, with no timeout set on the socket for them."""
+        try:
+            data = self._recv(READ_AHEAD_BYTES, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        if not data:
+            raise OSError("Server unexpectedly closed connection")
+        rest = self._buf[self._pos:]
+        if self.transport._read_buffer:
+            rest = bytes(self.transport._read_buffer) + rest
+            self.transport._read_buffer = b""
+        self._buf, self._pos = (rest + data if rest else data), 0
+        return len(data)
 
     def read(self, n: int, initial: bool = False) -> bytes:
         """Exactly ``n`` bytes (py-amqp's ``_read``, with its errors)."""

@@ -34,6 +34,7 @@ from taskwarren.brokers.rabbitmq.frames import (
     tolerant_frames,
     without_publish_reads,
 )
+from taskwarren.brokers.rabbitmq.inbound import take_delivery
 from taskwarren.errors import BrokerConnectionError, BrokerError
 from taskwarren.message import Envelope, clip
 from taskwarren.settings import Settings
@@ -67,7 +68,8 @@ class _Connection(amqp.Connection):  # type: ignore[misc]  # py-amqp is untyped
     def blocking_read(self, timeout: float | None = None) -> Any:
         reader = self.reader
         if reader is not None and reader.has_frame():  # no socket read: no timeout to set
-            return self.on_inbound_frame(self.transport.read_frame())
+            return take_delivery(self, reader) or self.on_inbound_frame(
+                self.transport.read_frame())
         return super().blocking_read(timeout)
 
     def drain_events(self, timeout: float | None = None) -> None:
@@ -347,6 +349,14 @@ class Link:
             return True
         return bool(select.select([sock], [], [], 0)[0])
 
+    def fill(self) -> None:
+        """Read ahead what the socket holds, without waiting (a ``select`` found it
+        readable): its whole deliveries are then taken in one step each
+        (:func:`~taskwarren.brokers.rabbitmq.inbound.take_delivery`). TLS: nothing."""
+        reader = self.conn.reader
+        if reader is not None:
+            reader.fill()
+
     def frame_waiting(self) -> bool:
         """Whether bytes were read off the socket and wait (a whole frame read ahead, or
         bytes TLS decrypted already): a wait on the socket for them could last until the
@@ -373,25 +383,3 @@ class Link:
             return False
         return True
 
-
-def envelope_of(msg: Any) -> Envelope:
-    """The envelope of a message py-amqp delivered."""
-    props = msg.properties
-    body = msg.body
-    if isinstance(body, str):  # py-amqp decodes when a content_encoding is set
-        body = body.encode()
-    return Envelope(
-        message_id=str(props.get("message_id") or ""),
-        body=bytes(body),
-        headers=dict(props.get("application_headers") or {}),
-        content_type=str(props.get("content_type") or ""),
-        timestamp=_timestamp(props.get("timestamp")),
-    )
-
-
-def _timestamp(value: Any) -> int:
-    if isinstance(value, int):
-        return value
-    if hasattr(value, "timestamp"):
-        return int(value.timestamp())
-    return 0

@@ -26,9 +26,9 @@ class CountingSocket:
         self.sock = sock
         self.recvs = 0
 
-    def recv(self, n: int) -> bytes:
+    def recv(self, n: int, flags: int = 0) -> bytes:
         self.recvs += 1
-        return self.sock.recv(n)
+        return self.sock.recv(n, flags)
 
 
 class Wire:
