@@ -59,7 +59,10 @@ def test_a_wakeup_during_close_never_writes_to_a_descriptor_someone_else_now_own
 
 
 class _FakeChannel:
-    def __init__(self) -> None:
+    channel_id = 1
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
         self.events: dict[str, set[Any]] = {"basic_ack": set(), "basic_nack": set(),
                                             "basic_return": set()}
         self.published: list[Any] = []
@@ -72,8 +75,18 @@ class _FakeChannel:
 
 
 class _FakeConnection:
+    """Takes what is written (frames.publish_frames) and what py-amqp would publish."""
+
+    frame_max = 131072
+    bytes_sent = 0
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        written = self.written
+        self.transport = type("Transport", (), {"write": lambda _, data: written.append(data)})()
+
     def channel(self) -> _FakeChannel:
-        return _FakeChannel()
+        return _FakeChannel(self)
 
 
 def test_reopening_the_channel_fails_the_confirms_still_awaited_on_the_old_one() -> None:
