@@ -230,3 +230,36 @@ def check_scheduled(name: str, signature: inspect.Signature) -> None:
             f"task {name!r} runs on a schedule, which passes no arguments but "
             f"{SCHEDULED_AT!r} (the tick's time): give {', '.join(map(repr, needed))} a "
             "default")
+
+
+#: A signature of plain parameters: the positional names, every name, the required ones.
+PlainCall = tuple[tuple[str, ...], frozenset[str], frozenset[str]]
+
+
+def plain_call(signature: inspect.Signature) -> PlainCall | None:
+    """What :func:`bind_call` needs of ``signature``; ``None`` unless every
+    parameter is positional-or-keyword or keyword-only."""
+    params = list(signature.parameters.values())
+    if any(p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in params):
+        return None
+    return (tuple(p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD),
+            frozenset(p.name for p in params),
+            frozenset(p.name for p in params if p.default is p.empty))
+
+
+def bind_call(signature: inspect.Signature, plain: PlainCall | None, args: tuple[Any, ...],
+              kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments ``signature.bind(*args, **kwargs)`` gives, without its dozen Python
+    calls on every send when the call plainly fits (no name twice, none unknown or
+    missing; ``plain`` from :func:`plain_call`).
+
+    Raises:
+        TypeError: the call does not fit (``inspect``'s own message).
+    """
+    if plain is not None and len(args) <= len(plain[0]):
+        arguments = dict(zip(plain[0], args, strict=False))
+        if all(name not in arguments and name in plain[1] for name in kwargs):
+            arguments.update(kwargs)
+            if plain[2].issubset(arguments):
+                return arguments
+    return dict(signature.bind(*args, **kwargs).arguments)

@@ -25,8 +25,10 @@ from taskwarren.options import (
     DEFAULT_QUEUE,
     TaskOptionArgs,
     TaskOptions,
+    bind_call,
     check_scheduled,
     check_subscriber,
+    plain_call,
     task_options,
 )
 from taskwarren.store.jobs import storable
@@ -138,6 +140,7 @@ class Task(Generic[P, R]):
         self.model = _argument_model(fn, name)
         self._signature = inspect.signature(fn)
         self._fields = tuple(self._signature.parameters)
+        self._plain = plain_call(self._signature)
         if options.subscribe:
             check_subscriber(name, self._signature)
         if options.scheduled:
@@ -158,8 +161,7 @@ class Task(Generic[P, R]):
         return self.task_options.queue
 
     def options(
-        self,
-        *,
+        self, *,
         queue: str | None = None,
         delay: float | timedelta | None = None,
         eta: datetime | None = None,
@@ -248,11 +250,11 @@ class Task(Generic[P, R]):
             ArgumentsError: wrong arguments, with the offending fields named.
         """
         try:
-            bound = self._signature.bind(*args, **kwargs)
+            arguments = bind_call(self._signature, self._plain, args, kwargs)
         except TypeError as exc:
             raise ArgumentsError(self.name, _fields_in(str(exc), self._fields), str(exc)) from None
         try:
-            validated = self.model.model_validate(bound.arguments)
+            validated = self.model.model_validate(arguments)
         except ValidationError as exc:
             raise _arguments_error(self.name, exc) from None
         return validated.model_dump_json().encode()
@@ -395,3 +397,4 @@ class BoundTask(Generic[P, R]):
 def json_dumps(value: Any) -> bytes:
     """Compact JSON bytes (used where no task model is at hand)."""
     return json.dumps(value, separators=(",", ":")).encode()
+
