@@ -114,7 +114,7 @@ class WorkerChild:
         self.gate = Gate(self.leaving, threads if self.aio is None else 0)  # 0: the loop's too
         self._duties_at, self._deadline = 0.0, math.inf  # duties due; nearest time limit
         self._reconnects = 0
-        # One executor thread, no loop: when idle it polls the consumer itself (turns.py).
+        # One executor thread, no loop: it polls the consumer itself (turns.py).
         self._turn = Turn(self._inbox) if threads == 1 and self.aio is None else None
         self.presence = Presence(index, queues, threads, lambda: len(self.running),
                                  async_concurrency if self.aio else 0)
@@ -123,9 +123,8 @@ class WorkerChild:
     # -- signals ----------------------------------------------------------------------
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        # Every SIGTERM means "stop gracefully": a signal sent to the whole process group
-        # reaches a child twice (directly and forwarded by the supervisor). Leaving at
-        # once on a second signal is the supervisor's call: it SIGKILLs its children.
+        # Every SIGTERM means "stop gracefully" (a group's reaches us twice: directly and
+        # forwarded); leaving at once is the supervisor's call: it SIGKILLs its children.
         self._stopping = True
         if self._consumer is not None:
             self._consumer.wakeup()
@@ -158,15 +157,14 @@ class WorkerChild:
         polled: list[Delivery] = []
         while not self._stopping and not self._replace:
             if self._executors_lost():
-                # Healthy no more (no heartbeat from now on), and replaced: stop as a
-                # replaced child does, handing back what it holds.
+                # Healthy no more: stop as a replaced child does, handing back its deliveries.
                 log.error("worker.child_replacing", child=self.index, reason="executor lost")
                 self._replace = True
                 break
             timeout_s = self._timeout()
             self._hand_over(polled)  # just before this thread blocks: the GIL is then free
             if self._turn is not None and self._turn.lend():
-                self._turn.wait_back(self._executors_lost)  # raises what its poll raised
+                self._turn.wait_back(self._executors_lost, self.leaving)  # raises as its poll
                 now, polled = time.monotonic(), []
                 if now >= self._duties_at:  # a busy executor may ask again at once
                     self._duties(consumer, now)
@@ -174,16 +172,14 @@ class WorkerChild:
             polled = self._receive(consumer, timeout_s)
             now = time.monotonic()
             if polled and now < self._duties_at and now < self._deadline:
-                # Hand them over first: no executor starts until this thread blocks (the
-                # GIL). An executor that finds its inbox empty wakes it for the duties.
+                # Handed over first (GIL); an executor with an empty inbox wakes us for duties.
                 continue
             self._duties(consumer, now)
         self._hand_over(polled)  # the stopping executors hand them back
         return self._shutdown(consumer)
 
     def _receive(self, consumer: Consumer, timeout_s: float) -> list[Delivery]:
-        # Cancel requests (broadcasts: never from a task queue) are taken here, by the
-        # thread polling, never behind a busy task.
+        # Cancel requests (broadcasts) are taken by the thread polling, never behind a task.
         polled = [d for d in consumer.poll(timeout_s)
                   if d.queue in self._queues or not take_cancel_request(d, consumer)]
         if polled and self._admits:
@@ -202,6 +198,11 @@ class WorkerChild:
         self._enforce_limits()
         if self.pinned_prefetch is None:
             self._adapt_prefetch()
+
+    def _duties_due(self, consumer: Consumer) -> None:
+        now = time.monotonic()
+        if now >= self._duties_at:
+            self._duties(consumer, now)
 
     def _hand_over(self, deliveries: list[Delivery]) -> None:
         """Give each delivery to the executor threads, or an async task's to the loop."""
@@ -228,8 +229,7 @@ class WorkerChild:
         per child, rather than refuse to work.
         """
         try:
-            for name, patterns in self.app.subscriptions(self.queues).items():
-                # Durable bindings, made before consuming.
+            for name, patterns in self.app.subscriptions(self.queues).items():  # before consuming
                 require(consumer, EventConsumer, "events").subscribe(name, patterns)
             if self.app.has_broadcasts():
                 require(consumer, BroadcastConsumer, "broadcasts").consume_broadcast(self.threads)
@@ -294,13 +294,11 @@ class WorkerChild:
             if delivery is None:
                 return
             if isinstance(delivery, Turn):  # the consumer, lent while this thread idles
-                polled = delivery.use(lambda: self._receive(consumer, POLL_MAX_S),
-                                      lambda: self._duties(consumer, time.monotonic()),
-                                      self.leaving)
-                if polled is None:
-                    continue
-                delivery = polled  # the first one polled: it runs now
-            if set_aside(consumer, delivery, self._stopping):
+                if not delivery.use(lambda: self._receive(consumer, POLL_MAX_S),
+                                    lambda: self._duties_due(consumer),
+                                    lambda d: self._process(consumer, d, thread_index),
+                                    self.leaving):
+                    return
                 continue
             if not self._process(consumer, delivery, thread_index):
                 return  # the I/O thread settled it past the hard limit; we are abandoned
@@ -308,12 +306,14 @@ class WorkerChild:
                 consumer.wakeup()
 
     def _process(self, consumer: Consumer, delivery: Delivery, thread_index: int) -> bool:
-        """Run and settle one delivery; False if the I/O thread has claimed it.
+        """Run and settle one delivery, or set it aside; False if the I/O thread claimed it.
 
         Nothing may leave a delivery this thread took unsettled: should anything escape
         (a middleware raising SystemExit, say), the delivery is handed back first and the
         error then ends the thread, which replaces the child.
         """
+        if set_aside(consumer, delivery, self._stopping):
+            return True
         settled = False
         alone: bool | None = None  # once admitted: whether it runs alone
         try:

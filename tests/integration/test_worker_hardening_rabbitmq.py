@@ -200,8 +200,11 @@ def test_a_soft_time_limit_landing_after_the_task_returned_costs_nothing(
 def test_a_child_whose_executor_thread_dies_is_replaced_and_its_work_goes_on(
     queue: str, ledger: Ledger, rabbit_url: str, tmp_path: Path
 ) -> None:
+    # Two threads: the one that breaks waits on its inbox for its next delivery (with
+    # one, it keeps the consumer between tasks, and a failure while it polls is the I/O
+    # thread's: tests/unit/worker/test_turns.py).
     pool = Pool(MODULE, [queue], rabbit_url, concurrency=1, log_path=tmp_path / "w.log",
-                extra=["--threads", "1"])
+                extra=["--threads", "2"])
     try:
         wait_until(lambda: consumer_count(queue) == 1, 20, what="the consumer")
         (child,) = pool.children()

@@ -1,8 +1,9 @@
 """A child with one executor thread lends its consumer to that thread while it idles.
 
 The executor then polls and runs what arrives in its own thread (no hand-over), and
-gives the consumer back before the task starts: while a task runs, the I/O thread
-polls (heartbeats, settlements, time limits). One thread at a time polls.
+keeps the consumer across quick tasks; the I/O thread takes it back from a task that
+runs long (heartbeats, settlements, time limits) or when the child stops, and what the
+executor polled and had not run is handed back. One thread at a time polls.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from taskwarren import Warren
-from taskwarren.brokers.base import Delivery
+from taskwarren.brokers.base import REQUEUE, Delivery
 from taskwarren.worker.process import WorkerChild
 from taskwarren.worker.shared import Heartbeats, KillRecord, RunningSlots
 from taskwarren.worker.turns import Turn
@@ -48,7 +49,7 @@ class Polls:
 
 
 def run_child(app: Warren, monkeypatch: pytest.MonkeyPatch, polls: Polls,
-              threads: int = 1) -> tuple[WorkerChild, Heartbeats]:
+              threads: int = 1, prefetch: int | None = None) -> tuple[WorkerChild, Heartbeats]:
     make_consumer = app.broker.consumer
 
     def consumer() -> Any:
@@ -58,7 +59,7 @@ def run_child(app: Warren, monkeypatch: pytest.MonkeyPatch, polls: Polls,
 
     monkeypatch.setattr(app.broker, "consumer", consumer)
     beats = Heartbeats(1)
-    child = WorkerChild(app, ["turns"], 0, threads, None, RunningSlots(1, threads),
+    child = WorkerChild(app, ["turns"], 0, threads, prefetch, RunningSlots(1, threads),
                         KillRecord(), grace_s=5.0, heartbeats=beats)
     return child, beats
 
@@ -261,3 +262,112 @@ def test_what_a_lent_poll_raises_is_raised_in_the_io_thread(
     finally:
         app.close()
     assert not child._broken  # the executor thread lives on (the child exits anyway)
+
+
+def test_a_busy_executor_keeps_the_consumer_and_runs_a_batch_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Quick tasks queued together: the executor polls and runs them all; the I/O thread,
+    once it has lent the consumer, polls nothing (no turns at the GIL per batch)."""
+    app = Warren(url="memory://")
+    polls = Polls()
+    ran: list[int] = []
+    child: WorkerChild | None = None
+    io_thread = threading.get_ident()
+
+    @app.task(queue="turns", name="turns.quick")
+    def quick(n: int) -> None:
+        ran.append(n)
+        if len(ran) == 200 and child is not None:
+            child._on_signal(signal.SIGTERM, None)
+
+    quick.send_many([{"n": n} for n in range(200)])
+    child, _ = run_child(app, monkeypatch, polls, prefetch=50)
+    try:
+        assert run_to_end(child) == 0
+    finally:
+        app.close()
+    assert sorted(ran) == list(range(200))
+    lent = [c for c in polls.calls if c[0] != io_thread]
+    assert sum(got for _, _, _, got in lent) >= 150, polls.calls
+    first_lent = min(start for _, start, _, _ in lent)
+    last_run = max(end for _, _, end, got in lent if got)
+    assert not [c for c in polls.calls if c[0] == io_thread and first_lent < c[1] < last_run]
+    assert polls.overlaps == 0
+
+
+def test_a_stop_during_a_long_task_hands_back_what_the_executor_polled_and_had_not_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = Warren(url="memory://")
+    ran: list[int] = []
+    child: WorkerChild | None = None
+    io_thread = threading.get_ident()
+
+    @app.task(queue="turns", name="turns.first_long")
+    def first_long(n: int) -> None:
+        ran.append(n)
+        if n == 0:
+            assert child is not None
+            child._on_signal(signal.SIGTERM, None)  # stop while this one runs
+            time.sleep(0.5)
+
+    first_long.send_many([{"n": n} for n in range(5)])
+    handed_back: list[Any] = []
+
+    class Recording(Polls):
+        def wrap(self, poll: Any) -> Any:
+            consumer = poll.__self__
+            settle = consumer.settle
+
+            def recorded(delivery: Delivery, action: Any) -> None:
+                if action is REQUEUE:
+                    handed_back.append(delivery.envelope.message_id)
+                settle(delivery, action)
+
+            consumer.settle = recorded
+            return super().wrap(poll)
+
+    polls = Recording()
+    child, _ = run_child(app, monkeypatch, polls, prefetch=10)
+    try:
+        assert run_to_end(child) == 0
+        assert ran == [0]
+        assert len(handed_back) == 4  # by the executor, unstarted: not left to the close
+        # The four polled with it were handed back unstarted: all still there.
+        stats = app.broker.stats("turns")  # type: ignore[attr-defined]
+        assert (stats.ready, stats.unacked) == (4, 0)
+        # All five came in one poll of the executor's, which ran the first.
+        assert [got for ident, _, _, got in polls.calls if got] == [5]
+        assert [ident for ident, _, _, got in polls.calls if got] != [io_thread]
+    finally:
+        app.close()
+
+
+def test_what_a_lent_run_raises_ends_the_loan_and_the_executor_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fault of the executor's own (not of the task, not of the poll) ends its thread,
+    with the consumer back home; the child, its executor lost, is replaced."""
+    app = Warren(url="memory://")
+
+    @app.task(queue="turns", name="turns.fine")
+    def fine(n: int) -> None:
+        """Runs; the fault is in the executor's settling after it."""
+
+    polls = Polls()
+    child, _ = run_child(app, monkeypatch, polls)
+    process = child._process
+
+    def faulty(consumer: Any, delivery: Delivery, thread_index: int) -> bool:
+        process(consumer, delivery, thread_index)
+        raise RuntimeError("the executor broke")
+
+    monkeypatch.setattr(child, "_process", faulty)
+    fine.send(1)
+    try:
+        assert run_to_end(child) == 3  # EXIT_REPLACE: replaced, no death counted
+    finally:
+        app.close()
+    assert child._turn is not None and child._turn.state == "home"
+    assert child._broken
