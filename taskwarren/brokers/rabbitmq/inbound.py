@@ -85,17 +85,21 @@ def take_delivery(conn: Any, reader: ReadAhead) -> bool:
     if found is None:
         return False
     channel_id, method, header, body, end, frames = found
-    channel = (conn.channels or {}).get(channel_id)
-    if (channel is None or channel.is_closing or _DELIVER in channel._pending
-            or _DELIVER not in channel._callbacks):
-        return False
+    channels = getattr(conn, "channels", None)
+    channel: Any = channels.get(channel_id) if isinstance(channels, dict) else None
+    pending, handlers = getattr(channel, "_pending", None), getattr(channel, "_callbacks", None)
+    if (not isinstance(pending, dict) or not isinstance(handlers, dict)
+            or not isinstance(getattr(channel, "callbacks", None), dict)
+            or getattr(channel, "is_closing", True) or _DELIVER in pending
+            or _DELIVER not in handlers):
+        return False  # a channel closing, a waiter, or a py-amqp laid out otherwise
     msg = Message(frame_method=_DELIVER, frame_args=method)
     try:
         msg.inbound_header(header)
     except Exception:  # py-amqp's path decides (dead-letters it)
         return False
     props = msg.properties
-    if props.get("content_encoding") and channel.auto_decode:
+    if props.get("content_encoding") and getattr(channel, "auto_decode", True):
         return False
     args, _ = loads(_DELIVER_ARGS, method, 4)
     if args[0] not in channel.callbacks:
@@ -107,8 +111,8 @@ def take_delivery(conn: Any, reader: ReadAhead) -> bool:
         msg.body = body
     msg.ready = True
     reader.consume(end)
-    conn.bytes_recv += frames  # py-amqp counts frames for its heartbeat clock
-    channel._callbacks[_DELIVER](*args, msg)
+    conn.bytes_recv = getattr(conn, "bytes_recv", 0) + frames  # py-amqp's heartbeat clock
+    handlers[_DELIVER](*args, msg)
     return True
 
 
