@@ -97,8 +97,8 @@ class Turn:
                         self.state, self._running_since = RUNNING, time.monotonic()
                 if delivery is None:
                     try:
+                        duties()  # when due: after what was run, never before a task
                         polled = receive()
-                        duties()  # when due: a busy executor polls no empty poll
                     except Exception as exc:  # the I/O thread's, as if its own poll raised
                         self._failure = exc
                         return True

@@ -286,9 +286,10 @@ class RabbitMQConsumer(Consumer):
                 if now >= self._quiet_at:
                     self._quiet_at = now + QUIET_CHECK_S
                     self._link.conn.heartbeat_tick()
+                filled = False
                 if not self._incoming and len(self._settle_q) <= self._settler.held:
-                    self._wait(timeout_s)
-                self._drain()
+                    filled = self._wait(timeout_s)
+                self._drain(filled)
         except AccessRefusedError as exc:
             log.error("consumer.access_refused", error=clip(str(exc)),
                       retry_in_s=round(self._retry_at - time.monotonic(), 1))
@@ -303,31 +304,32 @@ class RabbitMQConsumer(Consumer):
         out, self._incoming[:] = list(self._incoming), []
         return out
 
-    def _wait(self, timeout_s: float) -> None:
+    def _wait(self, timeout_s: float) -> bool:  # whether it read all the socket had
         self._woken = False
         self._sleeping = True
         try:
             if len(self._settle_q) > self._settler.held:
-                return  # something new to settle (held republishes wait for the link)
+                return False  # something new to settle (held republishes wait for the link)
             out = self._out.link
             if self._link.frame_waiting() or (out.connected and out.frame_waiting()):
-                return  # read ahead already: the socket may stay silent
+                return False  # read ahead already: the socket may stay silent
             socks = [self._link.conn.sock, self._wake_r]
             if out.connected and (out.unconfirmed or self._settler.held or out.blocked):
                 socks.append(out.conn.sock)  # a confirm, or the broker unblocking it
             ready, _, _ = select.select(socks, [], [], timeout_s)
-            if socks[0] in ready:
-                self._link.fill()  # one recv for what came: whole deliveries in one step
+            filled = socks[0] in ready and self._link.fill()  # whole deliveries in one step
             if self._wake_r in ready:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)
+            return filled
         finally:
             self._sleeping = False
 
-    def _drain(self) -> None:
+    def _drain(self, filled: bool = False) -> None:
+        """Handle what was read; ``filled``: the socket had no more (so no look at it)."""
         link = self._link
         for _ in range(10_000):
-            if not link.drain(0):
+            if (filled and not link.frame_waiting()) or not link.drain(0):
                 return
 
     def settle(self, delivery: Delivery, action: Action) -> None:

@@ -29,6 +29,7 @@ from taskwarren.brokers.rabbitmq.errors import (
     mapped,
 )
 from taskwarren.brokers.rabbitmq.frames import (
+    READ_AHEAD_BYTES,
     ReadAhead,
     publish_frames,
     read_ahead,
@@ -356,13 +357,13 @@ class Link:
             return True
         return bool(select.select([sock], [], [], 0)[0])
 
-    def fill(self) -> None:
+    def fill(self) -> bool:
         """Read ahead what the socket holds, without waiting (a ``select`` found it
         readable): its whole deliveries are then taken in one step each
-        (:func:`~taskwarren.brokers.rabbitmq.inbound.take_delivery`). TLS: nothing."""
+        (:func:`~taskwarren.brokers.rabbitmq.inbound.take_delivery`). Whether the socket
+        was emptied (a read short of the read-ahead size); TLS: nothing read, False."""
         reader = self.conn.reader
-        if reader is not None:
-            reader.fill()
+        return reader is not None and 0 < reader.fill() < READ_AHEAD_BYTES
 
     def frame_waiting(self) -> bool:
         """Whether bytes were read off the socket and wait (a whole frame read ahead, or

@@ -81,6 +81,43 @@ def test_a_poll_that_reads_a_delivery_makes_no_empty_read(app: Warren, queue: st
         consumer.close()
 
 
+def test_a_poll_that_read_the_socket_dry_looks_at_it_once(
+        app: Warren, queue: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wait's select finds the delivery, one read takes all the socket had, and the
+    poll returns it without a second look (the next poll's select sees what comes)."""
+    from taskwarren.brokers.rabbitmq import consumer as consumer_module
+
+    consumer = app.broker.consumer()
+    assert isinstance(consumer, RabbitMQConsumer)
+    selects = []
+    real_select = select.select
+
+    class Counting:
+        @staticmethod
+        def select(*args: Any) -> Any:
+            selects.append(args[0])
+            return real_select(*args)
+
+    try:
+        consumer.consume(queue, 10)
+        consumer.poll(0)
+        monkeypatch.setattr(consumer_module, "select", Counting)
+        monkeypatch.setattr("taskwarren.brokers.rabbitmq.link.select", Counting)
+        looked = []
+        for n in range(5):
+            app.tasks["poll_reads.noop"].send(n)
+            got: list[Delivery] = []
+            while not got:
+                before = len(selects)
+                got = consumer.poll(5.0)
+            looked.append(len(selects) - before)
+            for delivery in got:
+                consumer.settle(delivery, ACK)
+        assert looked.count(1) >= 4, looked  # (a delivery cut in two segments needs two)
+    finally:
+        consumer.close()
+
+
 def test_idle_polls_do_not_read_either_link(app: Warren, queue: str) -> None:
     consumer = app.broker.consumer()
     assert isinstance(consumer, RabbitMQConsumer)

@@ -371,3 +371,28 @@ def test_what_a_lent_run_raises_ends_the_loan_and_the_executor_thread(
         app.close()
     assert child._turn is not None and child._turn.state == "home"
     assert child._broken
+
+
+def test_the_duties_come_after_what_was_run_never_between_a_poll_and_its_tasks() -> None:
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    turn = Turn(inbox)
+    assert turn.ask() and turn.lend()
+    assert inbox.get() is turn
+    steps: list[str] = []
+    batches = [["a", "b"], [], ["c"]]
+
+    def receive() -> list[Any]:
+        steps.append("poll")
+        return batches.pop(0) if batches else []
+
+    def run(delivery: Any) -> bool:
+        steps.append(f"run {delivery}")
+        return True
+
+    def leaving() -> bool:
+        return not batches and steps[-1:] == ["run c"]
+
+    assert turn.use(receive, lambda: steps.append("duties"), run, leaving)
+    assert steps == ["duties", "poll", "run a", "run b", "duties", "poll", "duties", "poll",
+                     "run c"]
+    assert turn.state == "home"
