@@ -3,8 +3,8 @@
 py-amqp takes a delivery through three frame reads (each parsing a frame header, then
 slicing payload and end byte), its frame handler three times, a ``Message`` filled in
 two calls, and its channel's generic method dispatch (listeners, one-shot waiters, the
-argument decoder): about 170 us of an idle worker's enqueue-to-start latency, against
-5 us for the same steps in a tight loop (benchmarks/README.md). When a
+argument decoder): about 170 us of an idle worker's enqueue-to-start latency, traced
+(benchmarks/README.md). When a
 ``basic.deliver``'s method, header and body frames are all in the read-ahead buffer
 (:class:`~taskwarren.brokers.rabbitmq.frames.ReadAhead`), :func:`take_delivery`
 parses them in one pass and calls the channel's own ``basic.deliver`` handler, which
@@ -53,7 +53,8 @@ def _split(buf: bytes, pos: int) -> tuple[int, bytes, bytes, bytes, int, int] | 
     """A ``basic.deliver`` wholly in ``buf`` from ``pos``: its channel, method payload,
     header payload and body, where its last frame ends, and how many frames it took."""
     method = _frame(buf, pos, _METHOD, -1)
-    if method is None or unpack_from(">HH", buf, method[0]) != _DELIVER:
+    if (method is None or method[1] - method[0] < 4
+            or unpack_from(">HH", buf, method[0]) != _DELIVER):
         return None
     channel = unpack_from(">H", buf, pos + 1)[0]
     header = _frame(buf, method[1] + 1, _HEADER, channel)

@@ -139,7 +139,7 @@ def test_a_bodyless_delivery_is_taken_with_an_empty_body(wire: Wire) -> None:
 
 @pytest.mark.parametrize("why", ["other frame first", "channel closing", "waiter",
                                  "unknown consumer", "encoded body", "bad header",
-                                 "another py-amqp"])
+                                 "another py-amqp", "short method frame"])
 def test_anything_unusual_is_left_to_py_amqp_with_nothing_read(wire: Wire, why: str) -> None:
     data = deliver_frames(1, 3, [b"{}"])
     if why == "other frame first":
@@ -152,6 +152,8 @@ def test_anything_unusual_is_left_to_py_amqp_with_nothing_read(wire: Wire, why: 
         wire.channel.callbacks = {}
     elif why == "another py-amqp":  # one that keeps its waiters elsewhere
         del wire.channel._pending
+    elif why == "short method frame":  # malformed: py-amqp's to refuse
+        data = frame(1, 1, b"\x00\x3c") + data
     elif why == "encoded body":
         data = deliver_frames(1, 3, [b"{}"], struct.pack(">H", 0x4000) + b"\x05utf-8")
     else:  # a timestamp past year 9999: py-amqp raises (frames.tolerant_frames mends it)
