@@ -27,7 +27,10 @@ def test_a_republish_with_a_one_second_delay_arrives_after_one_second_and_not_be
     assert early == []
     assert ids(later) == [sent.message_id]
     assert later[0].envelope.attempt == 1
-    assert 1.0 <= elapsed < 1.6
+    # Timed on the monotonic clock; the embedded broker keeps due times on the wall clock
+    # (they outlive the process), which a clock adjustment may move by a few ms (seen
+    # once in CI: 0.998 s).
+    assert 0.98 <= elapsed < 1.6
 
 
 def test_a_long_delay_does_not_hold_back_a_short_one_published_after_it(h: Harness) -> None:
