@@ -397,4 +397,3 @@ class BoundTask(Generic[P, R]):
 def json_dumps(value: Any) -> bytes:
     """Compact JSON bytes (used where no task model is at hand)."""
     return json.dumps(value, separators=(",", ":")).encode()
-
