@@ -177,17 +177,6 @@ def test_a_producers_unreadable_header_is_dropped_as_py_amqp_s_path_drops_it(
 # -- the real broker ------------------------------------------------------------------
 
 
-@pytest.fixture
-def app(rabbit_url: str, queue: str) -> Iterator[Warren]:
-    warren = Warren(url=rabbit_url, queue_type="classic")
-
-    @warren.task(queue=queue, name="inbound.noop")
-    def noop(n: int) -> None:
-        """Never runs: the test consumes its messages itself."""
-
-    yield warren
-    warren.close()
-
 
 def test_on_the_broker_every_kind_of_message_arrives_as_py_amqp_reads_it(
         app: Warren, queue: str, rabbit_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -202,7 +191,7 @@ def test_on_the_broker_every_kind_of_message_arrives_as_py_amqp_reads_it(
         return ok
 
     monkeypatch.setattr(link_module, "take_delivery", counting)
-    app.tasks["inbound.noop"].send(0)  # declares the queue
+    app.tasks["brokers.noop"].send(0)  # declares the queue
     sent = [
         amqp.Message(b'{"n": 1}', message_id="plain", application_headers={"tw-task": "t"}),
         amqp.Message(b"z" * 300_000, message_id="large"),  # past frame_max: 3 body frames

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import select
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -40,17 +40,6 @@ class Reads:
         conn.drain_events = counted
 
 
-@pytest.fixture
-def app(rabbit_url: str, queue: str) -> Iterator[Warren]:
-    warren = Warren(url=rabbit_url, queue_type="classic")
-
-    @warren.task(queue=queue, name="poll_reads.noop")
-    def noop(n: int) -> None:
-        """Never runs: the test consumes its messages itself."""
-
-    yield warren
-    warren.close()
-
 
 def first_deliveries(consumer: RabbitMQConsumer, timeout_s: float = 10.0) -> list[Delivery]:
     deadline = time.monotonic() + timeout_s
@@ -70,7 +59,7 @@ def test_a_poll_that_reads_a_delivery_makes_no_empty_read(app: Warren, queue: st
         reads = Reads(consumer._link.conn)
         empty_polls = 0
         for n in range(5):
-            app.tasks["poll_reads.noop"].send(n)
+            app.tasks["brokers.noop"].send(n)
             before = reads.empty
             (delivery,) = first_deliveries(consumer)
             empty_polls += reads.empty > before
@@ -105,7 +94,7 @@ def test_a_poll_that_read_the_socket_dry_looks_at_it_once(
         monkeypatch.setattr("taskwarren.brokers.rabbitmq.link.select", Counting)
         looked = []
         for n in range(5):
-            app.tasks["poll_reads.noop"].send(n)
+            app.tasks["brokers.noop"].send(n)
             got: list[Delivery] = []
             while not got:
                 before = len(selects)
@@ -140,7 +129,7 @@ def test_idle_polls_do_not_read_either_link(app: Warren, queue: str) -> None:
 
 
 def test_a_send_reads_its_link_only_for_the_confirm(app: Warren) -> None:
-    noop = app.tasks["poll_reads.noop"]
+    noop = app.tasks["brokers.noop"]
     noop.send(0)  # connected, queue declared
     broker: Any = app.broker
     reads = Reads(broker._link.conn)
@@ -154,7 +143,7 @@ def test_a_send_reads_its_link_only_for_the_confirm(app: Warren) -> None:
 
 def test_a_poll_does_not_sleep_on_the_socket_while_whole_frames_wait_read_ahead(
         app: Warren, queue: str) -> None:
-    noop = app.tasks["poll_reads.noop"]
+    noop = app.tasks["brokers.noop"]
     for n in range(20):
         noop.send(n)
     consumer = app.broker.consumer()
